@@ -1,0 +1,183 @@
+"""Benchmark scores against validation loss and tokens seen; correlations; base vs instruct; reruns.
+
+All functions take the long-form results frame of `analysis.io.load_results` (one row per
+checkpoint x task x metric) and return tidy DataFrames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+VAL_TASK = "val_loss"
+VAL_METRIC = "loss"
+
+# The headline metric per task (lm-eval's conventions: length-normalised accuracy where the
+# choices differ in length). Tasks not listed use acc_norm when reported, else acc.
+PRIMARY_METRIC = {
+    "hellaswag": "acc_norm", "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "piqa": "acc_norm",
+    "openbookqa": "acc_norm", "winogrande": "acc", "boolq": "acc", "lambada_openai": "acc",
+    "mmlu": "acc", "truthfulqa_mc2": "acc",
+}
+
+# Accuracy of random guessing, used when per-item records (which give the number of choices) are absent.
+CHANCE = {
+    "hellaswag": 0.25, "arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "openbookqa": 0.25,
+    "winogrande": 0.5, "boolq": 0.5, "lambada_openai": 0.0, "mmlu": 0.25, "truthfulqa_mc2": 0.5,
+}
+
+KEYS = ["series", "kind", "checkpoint", "step", "tokens"]
+
+
+def _keys(df: pd.DataFrame) -> list[str]:
+    return [k for k in KEYS if k in df.columns]
+
+
+def primary_metric(results: pd.DataFrame, task: str) -> str | None:
+    """The metric to report for `task`: PRIMARY_METRIC, else acc_norm, else acc, else the first one."""
+    have = set(results.loc[results["task"] == task, "metric"])
+    for m in (PRIMARY_METRIC.get(task.split("_dev")[0]), PRIMARY_METRIC.get(task), "acc_norm", "acc"):
+        if m in have:
+            return m
+    return sorted(have)[0] if have else None
+
+
+def benchmark_tasks(results: pd.DataFrame) -> list[str]:
+    """Tasks with an accuracy-type metric (everything but validation loss)."""
+    tasks = sorted(set(results["task"]) - {VAL_TASK})
+    return [t for t in tasks if primary_metric(results, t) is not None]
+
+
+def val_loss(results: pd.DataFrame) -> pd.DataFrame:
+    """Validation loss per checkpoint: the task='val_loss', metric='loss' rows."""
+    v = results[(results["task"] == VAL_TASK) & (results["metric"] == VAL_METRIC)]
+    return v[_keys(v) + ["value"]].rename(columns={"value": "val_loss"}).drop_duplicates(subset=["checkpoint"])
+
+
+def val_loss_from_metrics(metrics: pd.DataFrame, steps) -> pd.Series:
+    """Validation loss of a run at the given steps, from metrics.jsonl 'val' rows (nearest logged step)."""
+    v = metrics[metrics["kind"] == "val"].dropna(subset=["val_loss"]).sort_values("step")
+    if v.empty:
+        return pd.Series(np.nan, index=list(steps))
+    idx = np.searchsorted(v["step"].to_numpy(), np.asarray(list(steps)), side="left").clip(0, len(v) - 1)
+    return pd.Series(v["val_loss"].to_numpy()[idx], index=list(steps))
+
+
+def scores(results: pd.DataFrame, metric: str | None = None, tasks=None, with_loss: bool = True) -> pd.DataFrame:
+    """One row per (checkpoint, task): the task's primary metric (or `metric`) with its stderr,
+    tokens seen and, when `with_loss`, the checkpoint's validation loss. Sorted by series and step."""
+    tasks = benchmark_tasks(results) if tasks is None else list(tasks)
+    out = []
+    for t in tasks:
+        m = metric or primary_metric(results, t)
+        rows = results[(results["task"] == t) & (results["metric"] == m)].copy()
+        rows["metric"] = m
+        out.append(rows)
+    cols = _keys(results) + ["task", "metric", "value"] + [c for c in ("stderr", "n") if c in results.columns]
+    df = pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
+    if with_loss:
+        vl = val_loss(results)[["checkpoint", "val_loss"]]
+        df = df.merge(vl, on="checkpoint", how="left")
+    sort = [c for c in ("series", "kind", "task", "step") if c in df.columns]
+    return df.sort_values(sort).reset_index(drop=True)
+
+
+def score_matrix(results: pd.DataFrame, kind: str = "base", index: str = "checkpoint") -> pd.DataFrame:
+    """Wide table: one row per checkpoint (ordered by tokens), one column per task's primary metric,
+    plus val_loss and tokens. The benchmark-scores-per-checkpoint table of the paper."""
+    s = scores(results)
+    s = s[s["kind"] == kind] if "kind" in s.columns else s
+    if s.empty:
+        return pd.DataFrame()
+    s = s.assign(col=s["task"] + " (" + s["metric"] + ")")
+    wide = s.pivot_table(index=index, columns="col", values="value", aggfunc="first")
+    info = s.groupby(index)[["tokens", "step", "val_loss"]].first()
+    vl = val_loss(results).set_index("checkpoint")["val_loss"] if index == "checkpoint" else None
+    if vl is not None:
+        info["val_loss"] = info["val_loss"].fillna(vl.reindex(info.index))
+    wide = info.join(wide).sort_values(["tokens", "step"])
+    wide.columns.name = None
+    return wide
+
+
+def loss_correlations(sc: pd.DataFrame, x: str = "val_loss") -> pd.DataFrame:
+    """Spearman and Pearson correlation of each task's score with `x` ('val_loss' or 'tokens'),
+    with two-sided p-values; one row per (series, kind, task). Fewer than 3 points -> NaN."""
+    out = []
+    group = [c for c in ("series", "kind", "task") if c in sc.columns]
+    for key, g in sc.dropna(subset=[x, "value"]).groupby(group):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(group, key))
+        row["n"] = len(g)
+        if len(g) >= 3 and g[x].nunique() > 1 and g["value"].nunique() > 1:
+            rho, p_s = stats.spearmanr(g[x], g["value"])
+            r, p_p = stats.pearsonr(g[x], g["value"])
+        else:
+            rho = p_s = r = p_p = np.nan
+        row.update(spearman_rho=float(rho), spearman_p=float(p_s), pearson_r=float(r), pearson_p=float(p_p))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def base_vs_instruct(results: pd.DataFrame) -> pd.DataFrame:
+    """Each instruct checkpoint against its base: the base checkpoint of the same series at the same
+    step (else the latest base step at or before it). One row per (instruct checkpoint, task, metric)
+    with base, instruct and delta; validation loss and every benchmark metric are included."""
+    inst = results[results["kind"] == "instruct"]
+    base = results[results["kind"] == "base"]
+    out = []
+    for (series, ck), g in inst.groupby(["series", "checkpoint"]):
+        b = base[base["series"] == series]
+        if b.empty:
+            b = base
+        if b.empty:
+            continue
+        step = g["step"].iloc[0] if "step" in g.columns else np.nan
+        steps = b["step"].dropna().unique() if "step" in b.columns else []
+        cand = [s for s in steps if pd.isna(step) or s <= step]
+        bstep = max(cand) if cand else (max(steps) if len(steps) else np.nan)
+        bck = b[b["step"] == bstep] if not pd.isna(bstep) else b
+        for _, r in g.iterrows():
+            m = bck[(bck["task"] == r["task"]) & (bck["metric"] == r["metric"])]
+            if m.empty:
+                continue
+            bv = float(m["value"].iloc[0])
+            out.append({"series": series, "instruct": ck, "base": m["checkpoint"].iloc[0], "task": r["task"],
+                        "metric": r["metric"], "base_value": bv, "instruct_value": float(r["value"]),
+                        "delta": float(r["value"]) - bv})
+    return pd.DataFrame(out, columns=["series", "instruct", "base", "task", "metric", "base_value",
+                                      "instruct_value", "delta"])
+
+
+def match_at_tokens(rerun: pd.DataFrame, reference: pd.DataFrame, by: str = "tokens", value: str = "value",
+                    log_x: bool = True) -> pd.DataFrame:
+    """Overlay a rerun on a reference suite at matched token counts.
+
+    Both frames hold one curve per task (columns `task`, `by`, `value`). For every reference point
+    inside the rerun's range, the rerun's value is interpolated (linearly in log tokens when `log_x`)
+    and the difference rerun - reference is reported. With by='fraction' the x axis is tokens divided
+    by each series' final token count, which compares runs of different lengths.
+    """
+    def prep(df):
+        df = df.dropna(subset=["tokens", value]).copy()
+        if by == "fraction":
+            df["fraction"] = df["tokens"] / df["tokens"].max()
+        return df
+
+    rerun, reference = prep(rerun), prep(reference)
+    out = []
+    for task, ref in reference.groupby("task"):
+        rr = rerun[rerun["task"] == task].groupby(by)[value].mean().sort_index()
+        if len(rr) < 2:
+            continue
+        xs = rr.index.to_numpy(float)
+        tx = np.log(xs) if log_x else xs
+        for _, r in ref.iterrows():
+            x = float(r[by])
+            if x < xs[0] or x > xs[-1] or x <= 0:
+                continue
+            y = float(np.interp(np.log(x) if log_x else x, tx, rr.to_numpy(float)))
+            out.append({"task": task, by: x, "reference": float(r[value]), "rerun": y,
+                        "difference": y - float(r[value])})
+    return pd.DataFrame(out, columns=["task", by, "reference", "rerun", "difference"])

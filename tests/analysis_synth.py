@@ -1,0 +1,183 @@
+"""Synthetic inputs with planted answers for the analysis and figure tests.
+
+`write_workspace(root)` lays out results/ and runs/ exactly as the pipeline does (metrics.jsonl,
+results.csv, items/, probes.jsonl, ablation summaries, weight-dynamics CSV) from known curves, so
+the tests can check that the analysis recovers what was planted. Never shipped as results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Planted truths
+LOSSES = np.linspace(7.0, 3.0, 10)  # validation loss of 10 base checkpoints, in training order
+STEPS = np.arange(1, 11) * 100
+TOKENS = STEPS * 4096
+TASKS = {  # task: (chance, ceiling, midpoint, slope, n choices)
+    "easy_task": (0.25, 0.85, 5.5, 3.0, 4),
+    "hard_task": (0.5, 0.80, 3.8, 5.0, 2),
+}
+N_ITEMS = 600
+INSTRUCT_DELTA = 0.05
+
+
+def sigmoid(loss, chance, ceiling, mid, slope):
+    return chance + (ceiling - chance) / (1.0 + np.exp(slope * (np.asarray(loss) - mid)))
+
+
+def planted_items(task: str, rng: np.random.Generator) -> np.ndarray:
+    """[items, checkpoints] correctness: each item has a latent threshold, solved once loss < threshold,
+    so accuracy follows the planted sigmoid and items stay solved (monotone trajectories)."""
+    chance, ceil, mid, slope, _ = TASKS[task]
+    u = rng.random(N_ITEMS)
+    p = sigmoid(LOSSES, chance, ceil, mid, slope)
+    return (u[:, None] < p[None, :]).astype(int)
+
+
+def _jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items", "probes", "ablations", "weights")):
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    res_rows, item_rows, probe_rows = [], [], []
+    cks = [f"tiny/step_{s:08d}" for s in STEPS]
+    for t, (*_, k) in TASKS.items():
+        m = planted_items(t, rng)
+        for j, ck in enumerate(cks):
+            acc = m[:, j].mean()
+            for metric in ("acc", "acc_norm"):
+                res_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), kind="base", task=t,
+                                     metric=metric, value=acc, stderr=np.sqrt(acc * (1 - acc) / N_ITEMS), n=N_ITEMS))
+            for i in range(N_ITEMS):
+                ll = list(rng.normal(-10, 1, k))
+                gold = i % k
+                item_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), task=t, doc_id=i,
+                                      gold=gold, pred=gold if m[i, j] else (gold + 1) % k, acc=int(m[i, j]),
+                                      acc_norm=int(m[i, j]), loglikelihoods=ll, gold_nll_per_byte=1.0))
+        acc_inst = m[:, -1].mean() + INSTRUCT_DELTA
+        for metric in ("acc", "acc_norm"):
+            res_rows.append(dict(checkpoint="tiny/sft", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
+                                 task=t, metric=metric, value=acc_inst, stderr=0.01, n=N_ITEMS))
+    for j, ck in enumerate(cks):
+        res_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), kind="base", task="val_loss",
+                             metric="loss", value=float(LOSSES[j]), stderr=np.nan, n=1000))
+        for p in range(3):
+            for mode, seeds in (("greedy", [0]), ("sample", [1, 2])):
+                for s in seeds:
+                    probe_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), kind="base",
+                                           prompt_id=f"p{p}", category="continuation", mode=mode, seed=s,
+                                           prompt=f"Prompt {p}", output=f"output of {ck} " * (j + 1),
+                                           repetition_rate=0.9 - 0.08 * j, distinct_1=0.1 + 0.08 * j,
+                                           distinct_2=0.2 + 0.07 * j, mean_logprob=-LOSSES[j]))
+    for p in range(3):
+        probe_rows.append(dict(checkpoint="tiny/sft", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
+                               prompt_id=f"p{p}", category="instruction", mode="greedy", seed=0, prompt=f"Prompt {p}",
+                               output="An answer.", repetition_rate=0.05, distinct_1=0.9, distinct_2=0.95,
+                               mean_logprob=-2.5))
+    # a second series (as if the released suite had been evaluated) for the overlay figure
+    for j in range(4):
+        ck = f"McGill-DMaS/DMaS-LLaMa-Lite-step-{j + 1}k"
+        tok = (j + 1) * 1000 * 524288
+        res_rows.append(dict(checkpoint=ck, step=(j + 1) * 1000, tokens=tok, kind="base", task="val_loss",
+                             metric="loss", value=3.5 - 0.2 * j, stderr=np.nan, n=1000))
+        for t in TASKS:
+            res_rows.append(dict(checkpoint=ck, step=(j + 1) * 1000, tokens=tok, kind="base", task=t,
+                                 metric="acc_norm", value=0.5 + 0.05 * j, stderr=0.01, n=1000))
+    res_dir = root / "results" / "offline"
+    if "results" in parts:
+        res_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(res_rows).to_csv(res_dir / "results.csv", index=False)
+    if "items" in parts:
+        df = pd.DataFrame(item_rows)
+        for (ck, t), g in df.groupby(["checkpoint", "task"]):
+            _jsonl(res_dir / "items" / ck.replace("/", "__") / f"{t}.jsonl", g.to_dict("records"))
+    if "probes" in parts:
+        _jsonl(res_dir / "probes.jsonl", probe_rows)
+    if "runs" in parts:
+        write_run(root / "runs" / "tiny", steps=200, seed=seed)
+        write_run(root / "runs" / "tiny" / "sft", steps=40, seed=seed + 1, base_loss=3.0)
+        (root / "runs" / "tiny" / "config.json").write_text(json.dumps({"preset": "tiny", "max_steps": 200}))
+    if "ablations" in parts:
+        write_resume_ablation(root / "runs" / "ablate" / "resume")
+        write_world_size_ablation(root / "runs" / "ablate" / "world-size")
+    if "weights" in parts:
+        write_weights_csv(root / "results" / "weights" / "tiny.csv")
+    return root
+
+
+def train_rows(steps: int, seed: int = 0, base_loss: float = 7.0, start: int = 1, tokens_per_step: int = 4096):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(start, steps + 1):
+        loss = 3.0 + (base_loss - 3.0) * np.exp(-s / 50) + rng.normal(0, 0.02)
+        lr = 6e-4 * min(1.0, s / 10) * (0.55 + 0.45 * np.cos(np.pi * min(s, steps) / steps))
+        rows.append(dict(kind="train", step=s, tokens=s * tokens_per_step, loss=loss, lr=lr, grad_norm=1.0,
+                         tokens_per_s=1000.0 + rng.normal(0, 5), mfu=0.01, elapsed_s=s * 0.5))
+    return rows
+
+
+def write_run(d: Path, steps: int, seed: int = 0, base_loss: float = 7.0):
+    rows = train_rows(steps, seed, base_loss)
+    for s in range(0, steps + 1, 20):
+        rows.append(dict(kind="val", step=s, tokens=s * 4096, val_loss=3.1 + (base_loss - 3.1) * np.exp(-s / 50)))
+        rows.append(dict(kind="hellaswag", step=s, tokens=s * 4096, acc_norm=0.25 + 0.0002 * s))
+    rows.append(dict(kind="sample", step=steps, text="Hello, I am a language model, and"))
+    rows.sort(key=lambda r: r["step"])
+    _jsonl(d / "metrics.jsonl", rows)
+
+
+SPIKE = 0.8  # planted peak excess loss right after a weights-only resume
+RESUME_STEP = 100
+
+
+def spiked(rows, height: float, tau: float, start: int):
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r["step"] > start:
+            r["loss"] += height * np.exp(-(r["step"] - start - 1) / tau)
+        out.append(r)
+    return out
+
+
+def write_resume_ablation(d: Path):
+    ref = train_rows(200, seed=3)
+    runs = {"reference": ref, "full_state": ref, "weights_only": spiked(ref, SPIKE, 10.0, RESUME_STEP),
+            "weights_only_stretched_lr": spiked(ref, SPIKE * 1.2, 20.0, RESUME_STEP)}
+    for name, rows in runs.items():
+        keep = rows if name == "reference" else [r for r in rows if r["step"] > RESUME_STEP]
+        _jsonl(d / name / "metrics.jsonl", keep)
+    (d / "summary.json").write_text(json.dumps({"ablation": "resume", "resume_step": RESUME_STEP,
+                                                "spike_full_state": 0.0, "spike_weights_only": SPIKE,
+                                                "spike_weights_only_stretched_lr": SPIKE * 1.2}))
+
+
+def write_world_size_ablation(d: Path):
+    one = train_rows(150, seed=4, start=101)
+    two = [dict(r, tokens_per_s=r["tokens_per_s"] * 1.8) for r in one]
+    double = [dict(r, tokens=r["tokens"] * 2, tokens_per_s=r["tokens_per_s"] * 1.9) for r in one]
+    for name, rows in {"ws1": one, "ws2": two, "ws2_double_batch": double}.items():
+        _jsonl(d / name / "metrics.jsonl", rows)
+    (d / "summary.json").write_text(json.dumps({"ablation": "world-size", "start_step": 100,
+                                                "max_abs_loss_diff_same_batch": 0.0}))
+
+
+def write_weights_csv(path: Path):
+    rows = []
+    for j, s in enumerate(STEPS[:5]):
+        for layer in range(2):
+            for mod in ("attn.wq", "mlp.w_up"):
+                rows.append(dict(checkpoint=f"step_{s:08d}", step=int(s), tokens=int(TOKENS[j]),
+                                 param=f"layers.{layer}.{mod}.weight", layer=layer, group=f"layer {layer}",
+                                 module=mod, numel=100, norm=10.0 + j, prev_norm=np.nan if j == 0 else 9.0 + j,
+                                 delta_norm=np.nan if j == 0 else 1.0 / j,
+                                 rel_change=np.nan if j == 0 else 1.0 / j / (9.0 + j)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
