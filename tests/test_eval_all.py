@@ -363,3 +363,42 @@ def test_probe_fluency_measures_and_instruct_prompts():
     assert probes.prompt_text(prompts[0], "base") == prompts[0]["prompt"]
     sft = pytest.importorskip("dmas_repro.sft")  # the SFT stage's chat format
     assert probes.prompt_text(prompts[0], "instruct") == sft.chat_prompt(prompts[0]["instruction"])
+
+
+def test_task_groups_and_include_path(world, tmp_path):
+    """A group of two tasks from --include-path (YAMLs over a local JSONL, as for lm-eval's mmlu)."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    data = REPO / "dmas_repro" / "tasks" / "hellaswag_val_dev.jsonl"
+    for name, text in (("hs_a", "{{query}}"), ("hs_b", "Context: {{query}}")):
+        (tasks / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {data}\n"
+            f"output_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: \"{text}\"\n"
+            "doc_to_target: \"{{label}}\"\ndoc_to_choice: \"choices\"\nmetric_list:\n  - metric: acc\n"
+            "    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 2.0\n")
+    (tasks / "hs_pair.yaml").write_text(
+        "group: hs_pair\ntask:\n  - hs_a\n  - hs_b\naggregate_metric_list:\n  - metric: acc\n"
+        "    aggregation: mean\n    weight_by_size: true\nmetadata:\n  version: 1.0\n")
+    out = tmp_path / "res"
+    cfg = evaluate.EvalConfig(checkpoints=(str(world.m0),), suite="offline", tasks=("hs_pair",),
+                              include_paths=(str(tasks),), limit=4, num_fewshot=1, parts=("benchmarks",),
+                              device="cpu", dtype="float32", batch_size="8", out=str(out))
+    assert evaluate.run(cfg, log=lambda m: None) == 0
+    df = _csv(out).set_index(["task", "metric"])
+    assert set(df.index) == {("hs_pair", "acc"), ("hs_pair", "gold_nll_per_byte"), ("hs_a", "acc"),
+                             ("hs_a", "gold_nll_per_byte"), ("hs_b", "acc"), ("hs_b", "gold_nll_per_byte")}
+    assert df.loc[("hs_pair", "acc"), "value"] == pytest.approx(
+        (df.loc[("hs_a", "acc"), "value"] + df.loc[("hs_b", "acc"), "value"]) / 2)
+    assert df.loc[("hs_pair", "acc"), "n"] == 8 and df.loc[("hs_a", "acc"), "n"] == 4
+    assert df.loc[("hs_a", "acc"), "group"] == "hs_pair" and pd_isna(df.loc[("hs_pair", "acc"), "group"])
+    assert (df["num_fewshot"] == 1).all() and str(df.loc[("hs_a", "acc"), "task_version"]) == "2.0"
+    nll = [json.loads(x)["gold_nll_per_byte"] for t in ("hs_a", "hs_b")
+           for x in (out / "items" / "m0" / f"{t}.jsonl").read_text().splitlines()]
+    assert df.loc[("hs_pair", "gold_nll_per_byte"), "value"] == pytest.approx(sum(nll) / len(nll))
+    assert ResultStore(out).done("m0", "hs_pair")
+
+
+def pd_isna(v) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(v))
