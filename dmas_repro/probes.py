@@ -9,8 +9,9 @@ Fluency measures, over the generated GPT-2 tokens (without <|endoftext|>):
 - repetition_rate: share of the output's token 4-grams that already occurred earlier in it
   (0 = no repeats, towards 1 = a loop);
 - distinct_1 / distinct_2: distinct token unigrams / bigrams over their count (Li et al. 2016);
-- mean_logprob: mean log-probability (nats) of the generated tokens under the model's full
-  softmax (temperature 1, no top-k), the same for greedy and sampled outputs.
+- mean_logprob: mean log-probability (nats) of the generated tokens (a final <|endoftext|>
+  included) under the model's full softmax (temperature 1, no top-k), for greedy and sampled
+  outputs alike.
 """
 
 from __future__ import annotations
