@@ -82,6 +82,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile (None: on CUDA)
     tf32: bool = True  # TF32 matmuls on CUDA
     ce_chunk_tokens: int = 0  # >0: chunked cross-entropy (Transformer.ce_chunk_tokens)
+    activation_checkpointing: bool = False  # recompute block activations in backward (Transformer attribute)
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block)
     peak_flops: float = 0.0  # per device, for MFU; 0: known GPU table, else a measured matmul peak
     # loop
@@ -90,7 +91,8 @@ class TrainConfig:
     val_every: int = 250  # 0: only at the start and the end
     val_batches: int = 20  # micro-batches per rank per validation
     ckpt_every: int = 1000  # 0: only milestones and the end
-    keep_last: int = 2
+    keep_last: int = 2  # newest checkpoints kept with their full state (resume points)
+    milestone_optimizer: bool = False  # keep optimizer state in older milestone checkpoints too (2x weights)
     milestones: str = "released"  # released (the ten released steps scaled to the run) | none | "100,200,..."
     sample_every: int = 250  # 0: off
     sample_prompt: str = "Hello, I am a language model,"
@@ -191,9 +193,11 @@ def _coerce(key: str, value, hint):
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    if value is None:
+        if base is str:
+            return ""
         raise UserError(f"config key {key}: a value is required")
     ok = True
     if base is bool:
@@ -376,6 +380,10 @@ def build_pretrain(ctx: LoopContext) -> Workload:
         model.load_state_dict(src.state_dict())
         del src
     model.ce_chunk_tokens = cfg.ce_chunk_tokens
+    if cfg.activation_checkpointing:
+        if not hasattr(model, "activation_checkpointing"):
+            raise UserError("activation_checkpointing: this model version does not support it")
+        model.activation_checkpointing = True
     batches = TokenBatches(train_tokens, ctx.seq_len, cfg.micro_batch, ctx.grad_accum, info.rank,
                            info.world_size, cfg.shuffle, cfg.seed)
 
@@ -686,7 +694,7 @@ def _run(cfg: TrainConfig, out: Path, resume: bool, build, info: D.DistInfo, qui
         if info.is_main:
             path = tc.write(out, step, save_weights=lambda d: save_weights(model_view, d), optimizer_state=osd,
                             rng_states=rngs, config=cfg.to_dict(), trainer_state=trainer_state)
-            tc.prune(out, cfg.keep_last, milestones)
+            tc.prune(out, cfg.keep_last, milestones, cfg.milestone_optimizer)
             sinks.write("event", step=step, event="checkpoint", path=str(path))
         D.barrier(info)
         last_ckpt = path

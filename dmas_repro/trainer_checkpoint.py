@@ -11,7 +11,8 @@
 
 A checkpoint directory is written under a temporary name, fsynced and renamed (`runio.atomic_dir`),
 so a kill at any moment leaves the previous ones intact and never a partial `step_*`. Retention
-keeps the newest `keep_last` plus the milestone steps.
+keeps the newest `keep_last` (full state) plus the milestone steps (weights, trainer state and RNG;
+their optimizer state only with `milestone_optimizer`).
 """
 
 from __future__ import annotations
@@ -177,13 +178,20 @@ def read_weights(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"{f}: missing or corrupt weights ({e})") from None
 
 
-def prune(out_dir: str | os.PathLike, keep_last: int, milestones: set[int]) -> list[Path]:
-    """Delete checkpoints that are neither among the newest `keep_last` nor milestones; return them."""
+def prune(out_dir: str | os.PathLike, keep_last: int, milestones: set[int],
+          milestone_optimizer: bool = False) -> list[Path]:
+    """Delete checkpoints that are neither among the newest `keep_last` nor milestones; return them.
+    Milestones older than the newest `keep_last` also lose their optimizer state unless
+    `milestone_optimizer` (it is 2x the weights; the newest checkpoints always keep theirs)."""
     found = list_checkpoints(out_dir)
     newest = {s for s, _ in found[-keep_last:]} if keep_last > 0 else set()
     removed = []
     for s, p in found:
-        if s not in newest and s not in milestones:
+        if s in newest:
+            continue
+        if s not in milestones:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+        elif not milestone_optimizer:
+            (p / OPTIMIZER).unlink(missing_ok=True)
     return removed

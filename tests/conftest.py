@@ -1,4 +1,8 @@
 import os
+import time
+from pathlib import Path
+
+import pytest
 
 # The whole suite runs offline: no hub, no dataset downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -6,3 +10,27 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# ---------------------------------------------------------------- the embedded default pipeline
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """`dmas-repro train` with no arguments, run once per session in a fresh working directory.
+
+    Yields its run directory (runs/tiny: config.json, metrics.jsonl, checkpoints/, hf/ and the
+    directories of later stages). The wall time is in `default_run_seconds.txt` beside `runs/`.
+    This is the one place the suite runs the full default pipeline: other tests reuse it.
+    """
+    from dmas_repro.cli import main
+
+    work = tmp_path_factory.mktemp("default_run")
+    old = os.getcwd()
+    os.chdir(work)
+    t0 = time.perf_counter()
+    try:
+        rc = main(["train"])
+    finally:
+        os.chdir(old)
+    (work / "default_run_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    assert rc == 0, "the no-argument `dmas-repro train` failed"
+    return work / "runs" / "tiny"
