@@ -16,8 +16,17 @@ Modules, each a set of documented functions over tidy DataFrames:
 - `ablation`: resume-spike measures and throughput per segment.
 """
 
-from . import ablation, io, items, probes, scores, training, transitions, weights
+import importlib
+
+from . import ablation, io, items, probes, scores, training, transitions
 from .io import discover, load_ablation, load_items, load_metrics, load_probes, load_results, load_runs
+
+
+def __getattr__(name):
+    # `weights` loads lazily so that `python -m analysis.weights` runs it exactly once
+    if name == "weights":
+        return importlib.import_module(".weights", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ablation", "io", "items", "probes", "scores", "training", "transitions", "weights",

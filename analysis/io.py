@@ -95,27 +95,36 @@ def read_run_config(run_dir: PathLike) -> dict:
 
 
 # ---------------------------------------------------------------- results store
-_RELEASED = re.compile(r"step-(\d+(?:\.\d+)?)k", re.I)
-
-
 def normalise_metric(name: str) -> str:
     """lm-eval reports metrics as 'acc,none'; keep the metric name only."""
     return str(name).split(",")[0]
 
 
-def series_of(checkpoint: str, kind: str | None = None) -> str:
-    """The family a checkpoint belongs to: one training run or the released suite.
+RELEASED_SERIES = "DMaS-LLaMa-Lite"
 
-    'McGill-DMaS/DMaS-LLaMa-Lite-step-2.7k' -> 'McGill-DMaS/DMaS-LLaMa-Lite';
-    'tiny/step_00000120' or 'runs/tiny/checkpoints/step_00000120' -> 'tiny';
-    instruct variants keep their base's series (the `kind` column tells them apart).
+
+def series_of(checkpoint: str) -> str:
+    """The family a checkpoint belongs to: one training run, or the released suite.
+
+    Works on the store's labels and on paths / hub ids: 'step-2.7k', 'step-43.5k-instruct' and
+    'McGill-DMaS/DMaS-LLaMa-Lite-step-2.7k' -> 'DMaS-LLaMa-Lite'; 'tiny-step_00000120',
+    'tiny-sft-hf' and 'runs/tiny/checkpoints/step_00000120' -> 'tiny'. Instruct variants keep
+    their base's series (the `kind` column tells them apart).
     """
-    c = str(checkpoint).rstrip("/")
-    c = re.sub(r"-instruct$|/sft(/.*)?$|/hf$", "", c)
-    c = re.sub(r"[-_/]step[-_]?\d+(\.\d+)?k?$", "", c)
-    c = re.sub(r"/checkpoints$", "", c)
-    c = re.sub(r"^runs/", "", c)
-    return c or str(checkpoint)
+    orig = str(checkpoint).rstrip("/")
+    c = re.sub(r"-instruct$", "", orig)
+    c = re.sub(r"[-_/]?step[-_]?\d+(\.\d+)?k?$", "", c)
+    for _ in range(3):
+        c = re.sub(r"[-/](hf|checkpoints|sft)$", "", c)
+    c = c.split("/")[-1].split("--")[-1]
+    if not c:
+        return RELEASED_SERIES if re.match(r"step-\d", orig) else orig
+    return c
+
+
+def kind_of(checkpoint: str) -> str:
+    """'instruct' for instruction-tuned checkpoints by their label (…-instruct, …-sft-…), else 'base'."""
+    return "instruct" if re.search(r"instruct|(^|[-_/])sft($|[-_/])", str(checkpoint)) else "base"
 
 
 def _read_table(p: Path) -> pd.DataFrame:
@@ -157,7 +166,7 @@ def load_results(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
         df["kind"] = "base"
     df["kind"] = df["kind"].fillna("base")
     if "series" not in df.columns:
-        df["series"] = [series_of(c, k) for c, k in zip(df["checkpoint"], df["kind"])]
+        df["series"] = df["checkpoint"].map(series_of)
     for col in ("step", "tokens", "value", "stderr", "n"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -188,10 +197,18 @@ def load_items(path: PathLike, tasks: Iterable[str] | None = None) -> pd.DataFra
     if not rows:
         raise FileNotFoundError(f"{d}: no per-item records")
     df = pd.DataFrame(rows)
-    if "kind" not in df.columns:
-        df["kind"] = "base"
+    if "kind" not in df.columns:  # item records carry no kind: from the label (set_kinds can correct it)
+        df["kind"] = df["checkpoint"].map(kind_of)
     if "series" not in df.columns:
-        df["series"] = [series_of(c) for c in df["checkpoint"]]
+        df["series"] = df["checkpoint"].map(series_of)
+    return df
+
+
+def set_kinds(df: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Take each checkpoint's kind (base/instruct) from the results table where it lists it."""
+    kinds = results.drop_duplicates("checkpoint").set_index("checkpoint")["kind"]
+    df = df.copy()
+    df["kind"] = df["checkpoint"].map(kinds).fillna(df["kind"]).astype(str)
     return df
 
 
@@ -212,9 +229,9 @@ def load_probes(path: PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{f}: empty probes file")
     df = pd.DataFrame(rows)
     if "kind" not in df.columns:
-        df["kind"] = "base"
+        df["kind"] = df["checkpoint"].map(kind_of)
     if "series" not in df.columns:
-        df["series"] = [series_of(c) for c in df["checkpoint"]]
+        df["series"] = df["checkpoint"].map(series_of)
     return df
 
 

@@ -14,9 +14,9 @@ from scipy import stats
 
 def correct_column(items: pd.DataFrame, task: str) -> str:
     """acc_norm where the task's headline metric is length-normalised (see scores.PRIMARY_METRIC)."""
-    from .scores import PRIMARY_METRIC
+    from .scores import PRIMARY_METRIC, base_task
 
-    want = PRIMARY_METRIC.get(task, "acc_norm")
+    want = PRIMARY_METRIC.get(base_task(task), "acc_norm")
     if want in items.columns and items.loc[items["task"] == task, want].notna().any():
         return want
     return "acc" if "acc" in items.columns else "acc_norm"
@@ -59,9 +59,9 @@ def chance_level(items: pd.DataFrame, task: str) -> float:
         k = df.drop_duplicates(subset=["doc_id"])["loglikelihoods"].map(len)
         if len(k) and (k > 0).all():
             return float((1.0 / k).mean())
-    from .scores import CHANCE
+    from .scores import chance
 
-    return CHANCE.get(task, np.nan)
+    return chance(task)
 
 
 def _first_run(ok: np.ndarray, start: int, window: int) -> int:

@@ -77,21 +77,32 @@ def _shorten(s: str, n: int) -> str:
 
 
 def instruct_deltas(probes: pd.DataFrame) -> pd.DataFrame:
-    """Fluency of each instruct checkpoint minus its base (same series, latest base step <= its step),
-    per mode and measure."""
+    """Fluency of each instruct checkpoint minus its base (the last base checkpoint of the same
+    series, see `scores.instruct_bases`), per mode and measure."""
+    from .scores import instruct_bases
+
     fl = fluency_by_checkpoint(probes)
+    bases = instruct_bases(fl)
     out = []
     for _, r in fl[fl["kind"] == "instruct"].iterrows():
-        b = fl[(fl["kind"] == "base") & (fl["series"] == r["series"]) & (fl["mode"] == r["mode"])]
-        if "step" in b.columns and pd.notna(r.get("step")):
-            earlier = b[b["step"] <= r["step"]]
-            b = earlier if not earlier.empty else b
+        b = fl[(fl["checkpoint"] == bases.get(r["checkpoint"])) & (fl["mode"] == r["mode"])]
         if b.empty:
             continue
-        b = b.sort_values("step").iloc[-1]
+        b = b.iloc[0]
         for m in FLUENCY:
             if m in fl.columns:
                 out.append({"series": r["series"], "mode": r["mode"], "instruct": r["checkpoint"],
                             "base": b["checkpoint"], "measure": m, "base_value": b[m],
                             "instruct_value": r[m], "delta": r[m] - b[m]})
     return pd.DataFrame(out)
+
+
+def prompt_outputs(probes: pd.DataFrame, prompt_id: str, mode: str = "greedy", seed: int | None = None) -> pd.DataFrame:
+    """Every checkpoint's full output for one prompt (training order, instruct last), with its measures."""
+    df = probes[(probes["prompt_id"] == prompt_id) & (probes["mode"] == mode)]
+    if seed is not None and "seed" in df.columns:
+        df = df[df["seed"] == seed]
+    df = df.drop_duplicates(subset=["checkpoint"]).assign(instruct=lambda d: d["kind"].eq("instruct"))
+    df = df.sort_values([c for c in ("instruct", "tokens", "step") if c in df.columns])
+    cols = [c for c in ["checkpoint", "kind", "tokens", "output", *FLUENCY] if c in df.columns]
+    return df[cols].reset_index(drop=True)

@@ -30,6 +30,16 @@ CHANCE = {
 KEYS = ["series", "kind", "checkpoint", "step", "tokens"]
 
 
+def base_task(task: str) -> str:
+    """The standard task a local variant stands for ('hellaswag_dev' -> 'hellaswag')."""
+    return str(task).removesuffix("_dev")
+
+
+def chance(task: str) -> float:
+    """Random-guess accuracy of a known task (NaN when unknown; per-item records give it exactly)."""
+    return CHANCE.get(base_task(task), np.nan)
+
+
 def _keys(df: pd.DataFrame) -> list[str]:
     return [k for k in KEYS if k in df.columns]
 
@@ -37,7 +47,7 @@ def _keys(df: pd.DataFrame) -> list[str]:
 def primary_metric(results: pd.DataFrame, task: str) -> str | None:
     """The metric to report for `task`: PRIMARY_METRIC, else acc_norm, else acc, else the first one."""
     have = set(results.loc[results["task"] == task, "metric"])
-    for m in (PRIMARY_METRIC.get(task.split("_dev")[0]), PRIMARY_METRIC.get(task), "acc_norm", "acc"):
+    for m in (PRIMARY_METRIC.get(base_task(task)), "acc_norm", "acc"):
         if m in have:
             return m
     return sorted(have)[0] if have else None
@@ -120,34 +130,37 @@ def loss_correlations(sc: pd.DataFrame, x: str = "val_loss") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def base_vs_instruct(results: pd.DataFrame) -> pd.DataFrame:
-    """Each instruct checkpoint against its base: the base checkpoint of the same series at the same
-    step (else the latest base step at or before it). One row per (instruct checkpoint, task, metric)
-    with base, instruct and delta; validation loss and every benchmark metric are included."""
-    inst = results[results["kind"] == "instruct"]
+def instruct_bases(results: pd.DataFrame) -> dict[str, str]:
+    """instruct checkpoint -> the base checkpoint it was tuned from: the last base checkpoint (most
+    tokens) of the same series, else of any series. Instruction tuning starts from the final
+    pretraining checkpoint (the released instruct model from step-43.5k; `dmas-repro train`'s sft
+    stage from the run's final checkpoint); its own step counts SFT steps, so steps are not compared."""
     base = results[results["kind"] == "base"]
-    out = []
-    for (series, ck), g in inst.groupby(["series", "checkpoint"]):
+    order = [c for c in ("tokens", "step") if c in base.columns]
+    out = {}
+    for ck, series in results.loc[results["kind"] == "instruct", ["checkpoint", "series"]].drop_duplicates().values:
         b = base[base["series"] == series]
-        if b.empty:
-            b = base
-        if b.empty:
-            continue
-        step = g["step"].iloc[0] if "step" in g.columns else np.nan
-        steps = b["step"].dropna().unique() if "step" in b.columns else []
-        cand = [s for s in steps if pd.isna(step) or s <= step]
-        bstep = max(cand) if cand else (max(steps) if len(steps) else np.nan)
-        bck = b[b["step"] == bstep] if not pd.isna(bstep) else b
-        for _, r in g.iterrows():
-            m = bck[(bck["task"] == r["task"]) & (bck["metric"] == r["metric"])]
-            if m.empty:
-                continue
-            bv = float(m["value"].iloc[0])
-            out.append({"series": series, "instruct": ck, "base": m["checkpoint"].iloc[0], "task": r["task"],
-                        "metric": r["metric"], "base_value": bv, "instruct_value": float(r["value"]),
-                        "delta": float(r["value"]) - bv})
-    return pd.DataFrame(out, columns=["series", "instruct", "base", "task", "metric", "base_value",
-                                      "instruct_value", "delta"])
+        b = b if not b.empty else base
+        if not b.empty:
+            out[ck] = b.sort_values(order, na_position="first")["checkpoint"].iloc[-1]
+    return out
+
+
+def base_vs_instruct(results: pd.DataFrame) -> pd.DataFrame:
+    """Each instruct checkpoint against its base (see `instruct_bases`): one row per (instruct
+    checkpoint, task, metric) that both have, with base, instruct and delta = instruct - base.
+    Validation loss and every benchmark metric are included."""
+    cols = ["series", "instruct", "base", "task", "metric", "base_value", "instruct_value", "delta"]
+    out = []
+    for ck, bck in instruct_bases(results).items():
+        g = results[results["checkpoint"] == ck]
+        b = results[results["checkpoint"] == bck].drop_duplicates(subset=["task", "metric"])
+        m = g.merge(b[["task", "metric", "value"]], on=["task", "metric"], suffixes=("", "_base"))
+        for _, r in m.iterrows():
+            out.append({"series": r["series"], "instruct": ck, "base": bck, "task": r["task"], "metric": r["metric"],
+                        "base_value": float(r["value_base"]), "instruct_value": float(r["value"]),
+                        "delta": float(r["value"]) - float(r["value_base"])})
+    return pd.DataFrame(out, columns=cols)
 
 
 def match_at_tokens(rerun: pd.DataFrame, reference: pd.DataFrame, by: str = "tokens", value: str = "value",

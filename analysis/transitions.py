@@ -191,7 +191,8 @@ def task_transitions(results: pd.DataFrame, items: pd.DataFrame | None = None, n
     than 3 checkpoints with a validation loss are skipped.
     """
     from .items import chance_level, item_matrix
-    from .scores import CHANCE, scores
+    from .scores import chance as chance_of
+    from .scores import scores
 
     sc = scores(results)
     sc = sc[(sc["kind"] == "base") & sc["val_loss"].notna()]
@@ -216,7 +217,7 @@ def task_transitions(results: pd.DataFrame, items: pd.DataFrame | None = None, n
             else:
                 raise KeyError(task)
         except (KeyError, ValueError):
-            level = (chance or {}).get(task, CHANCE.get(task, np.nan))
+            level = (chance or {}).get(task, chance_of(task))
             if not np.isfinite(level):
                 continue
             n = g["n"] if "n" in g.columns and g["n"].notna().all() else 1000

@@ -47,7 +47,7 @@ def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items"
     rng = np.random.default_rng(seed)
     root = Path(root)
     res_rows, item_rows, probe_rows = [], [], []
-    cks = [f"tiny/step_{s:08d}" for s in STEPS]
+    cks = [f"tiny-step_{s:08d}" for s in STEPS]  # labels as the results store writes them
     for t, (*_, k) in TASKS.items():
         m = planted_items(t, rng)
         for j, ck in enumerate(cks):
@@ -63,7 +63,7 @@ def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items"
                                       acc_norm=int(m[i, j]), loglikelihoods=ll, gold_nll_per_byte=1.0))
         acc_inst = m[:, -1].mean() + INSTRUCT_DELTA
         for metric in ("acc", "acc_norm"):
-            res_rows.append(dict(checkpoint="tiny/sft", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
+            res_rows.append(dict(checkpoint="tiny-sft-hf", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
                                  task=t, metric=metric, value=acc_inst, stderr=0.01, n=N_ITEMS))
     for j, ck in enumerate(cks):
         res_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), kind="base", task="val_loss",
@@ -77,13 +77,13 @@ def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items"
                                            repetition_rate=0.9 - 0.08 * j, distinct_1=0.1 + 0.08 * j,
                                            distinct_2=0.2 + 0.07 * j, mean_logprob=-LOSSES[j]))
     for p in range(3):
-        probe_rows.append(dict(checkpoint="tiny/sft", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
+        probe_rows.append(dict(checkpoint="tiny-sft-hf", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
                                prompt_id=f"p{p}", category="instruction", mode="greedy", seed=0, prompt=f"Prompt {p}",
                                output="An answer.", repetition_rate=0.05, distinct_1=0.9, distinct_2=0.95,
                                mean_logprob=-2.5))
     # a second series (as if the released suite had been evaluated) for the overlay figure
     for j in range(4):
-        ck = f"McGill-DMaS/DMaS-LLaMa-Lite-step-{j + 1}k"
+        ck = f"step-{j + 1}k"  # as the released checkpoints are labelled
         tok = (j + 1) * 1000 * 524288
         res_rows.append(dict(checkpoint=ck, step=(j + 1) * 1000, tokens=tok, kind="base", task="val_loss",
                              metric="loss", value=3.5 - 0.2 * j, stderr=np.nan, n=1000))
@@ -97,7 +97,7 @@ def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items"
     if "items" in parts:
         df = pd.DataFrame(item_rows)
         for (ck, t), g in df.groupby(["checkpoint", "task"]):
-            _jsonl(res_dir / "items" / ck.replace("/", "__") / f"{t}.jsonl", g.to_dict("records"))
+            _jsonl(res_dir / "items" / ck / f"{t}.jsonl", g.to_dict("records"))
     if "probes" in parts:
         _jsonl(res_dir / "probes.jsonl", probe_rows)
     if "runs" in parts:

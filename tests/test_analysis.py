@@ -48,7 +48,9 @@ def test_loaders_and_discovery(ws, tmp_path, monkeypatch):
     # an empty directory falls back to the shipped examples
     empty = analysis.discover(tmp_path)
     assert "example" in empty.source
-    assert analysis.io.series_of("McGill-DMaS/DMaS-LLaMa-Lite-step-43.5k-instruct") == "McGill-DMaS/DMaS-LLaMa-Lite"
+    assert analysis.io.series_of("McGill-DMaS/DMaS-LLaMa-Lite-step-43.5k-instruct") == "DMaS-LLaMa-Lite"
+    assert analysis.io.series_of("step-2.7k") == "DMaS-LLaMa-Lite"
+    assert analysis.io.series_of("tiny-sft-hf") == "tiny" and analysis.io.kind_of("tiny-sft-hf") == "instruct"
     assert analysis.io.series_of("runs/tiny/checkpoints/step_00000120") == "tiny"
     assert analysis.io.normalise_metric("acc_norm,none") == "acc_norm"
     with pytest.raises(FileNotFoundError, match="no results"):
@@ -78,7 +80,7 @@ def test_base_vs_instruct_delta(results):
     d = d[d["metric"] == "acc_norm"]
     assert set(d["task"]) == set(TASKS)
     assert np.allclose(d["delta"], INSTRUCT_DELTA)
-    assert (d["base"] == "tiny/step_00001000").all()
+    assert (d["base"] == "tiny-step_00001000").all()
 
 
 def test_rerun_overlay_at_matched_tokens():
@@ -201,8 +203,10 @@ def test_probe_fluency_and_table(ws, results):
     assert c.loc["repetition_rate", "spearman_rho"] == pytest.approx(1.0)  # planted: repetition falls with loss
     assert c.loc["distinct_2", "spearman_rho"] == pytest.approx(-1.0)
     tab = probes.output_table(pr, max_chars=40)
-    assert tab.index[-1] == "tiny/sft" and tab.index[0] == "tiny/step_00000100"
+    assert tab.index[-1] == "tiny-sft-hf" and tab.index[0] == "tiny-step_00000100"
     assert tab.map(len).max().max() <= 40
+    po = probes.prompt_outputs(pr, "p1")
+    assert list(po["checkpoint"])[-1] == "tiny-sft-hf" and po["output"].str.len().iloc[0] > 0
     d = probes.instruct_deltas(pr).set_index(["mode", "measure"])
     assert d.loc[("greedy", "repetition_rate"), "delta"] == pytest.approx(0.05 - (0.9 - 0.08 * 9))
 
@@ -256,3 +260,38 @@ def test_load_ablation(ws):
     s2, _ = analysis.load_ablation(ws / "runs" / "ablate" / "world-size")
     assert analysis.io.ablation_kind(s2) == "world-size"
     assert json.loads((ws / "runs" / "ablate" / "resume" / "summary.json").read_text())["resume_step"] == RESUME_STEP
+
+
+# ---------------------------------------------------------------- weight dynamics
+def test_weight_dynamics_planted_change(tmp_path):
+    import torch
+
+    from analysis import weights
+    from dmas_repro.checkpoint import save_model_files
+    from dmas_repro.model import ModelConfig, build
+
+    cfg = ModelConfig(n_layer=2, dim=16, n_head=2, n_kv_head=1, ffn_dim=32, vocab_size=64, context_length=16)
+    torch.manual_seed(0)
+    model = build(cfg)
+    run = tmp_path / "run"
+    for step, scale in ((10, None), (20, 0.5)):
+        if scale is not None:
+            with torch.no_grad():
+                model.layers[1].mlp.w_up.weight.mul_(1 + scale)  # planted: only this tensor changes, by 50%
+        d = run / "checkpoints" / f"step_{step:08d}"
+        d.mkdir(parents=True)
+        save_model_files(model, d)
+        (d / "trainer_state.json").write_text(json.dumps({"step": step, "tokens": step * 100}))
+    df = weights.weight_dynamics(run)
+    last = df[df["step"] == 20].set_index("param")
+    assert last.loc["layers.1.mlp.w_up.weight", "rel_change"] == pytest.approx(0.5, rel=1e-5)
+    assert (last.drop(index="layers.1.mlp.w_up.weight")["rel_change"] == 0).all()
+    assert df[df["step"] == 10]["rel_change"].isna().all()
+    pl = weights.per_layer(df)
+    g = pl[pl["step"] == 20].set_index("group")
+    assert g.loc["layer 0", "rel_change"] == 0 and 0 < g.loc["layer 1", "rel_change"] < 0.5
+    assert list(pl[pl["step"] == 20]["group"]) == ["embedding", "layer 0", "layer 1", "head"]
+    out = tmp_path / "w.csv"
+    assert weights.main([str(run), "--out", str(out)]) == 0 and out.stat().st_size > 0
+    assert weights.main([str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert weights._hf_to_ours()["model.layers.3.self_attn.q_proj.weight"] == "layers.3.attn.wq.weight"

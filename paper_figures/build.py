@@ -1,0 +1,109 @@
+"""Rebuild every figure and table of the manifest: `make figures` / `python -m paper_figures`.
+
+Inputs: `--results` / `--runs` when given; else `results/` and `runs/` of the current directory
+when present; else the shipped example results in `examples/`. An entry whose input is missing is
+skipped with a message naming the command that produces it; the others still build. Writes
+`OUT/build.json` (built / skipped / failed) and `OUT/README.md` (an index). Exit status: 0 when
+nothing failed (skips are not failures), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import analysis
+
+from . import style
+from .core import Context, Skip
+from .manifest import MANIFEST, by_name
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+
+
+def build(inputs: analysis.io.Inputs, out: Path, only: list[str] | None = None, n_boot: int = 200,
+          log=print) -> dict:
+    """Build the manifest entries (all, or `only`) into `out`; returns the build report."""
+    style.apply()
+    out.mkdir(parents=True, exist_ok=True)
+    entries = MANIFEST if not only else [by_name()[n] for n in only]
+    ctx = Context(inputs, out, n_boot=n_boot)
+    report = {"inputs_from": inputs.source, "git_commit": ctx.commit, "built": {}, "skipped": {}, "failed": {}}
+    log(inputs.describe())
+    for e in entries:
+        ctx.begin(e.name, e.script)
+        t0 = time.time()
+        try:
+            importlib.import_module(f"paper_figures.{e.module}").make(ctx)
+        except Skip as s:
+            report["skipped"][e.name] = str(s)
+            log(f"  skipped {e.name}: {s}")
+            continue
+        except Exception as ex:  # one broken figure must not stop the others
+            report["failed"][e.name] = f"{type(ex).__name__}: {ex}"
+            log(f"  FAILED  {e.name}: {type(ex).__name__}: {ex}")
+            traceback.print_exc(file=sys.stderr)
+            continue
+        files = [str(p.relative_to(out)) for p in ctx.written]
+        report["built"][e.name] = files
+        log(f"  built   {e.name} ({time.time() - t0:.1f}s): {', '.join(f for f in files if 'provenance' not in f)}")
+    (out / "build.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "README.md").write_text(_index(report, entries))
+    return report
+
+
+def _index(report: dict, entries) -> str:
+    lines = ["# Paper figures and tables", "", f"Built by `make figures` from {report['inputs_from']}; "
+             f"git commit {report['git_commit']}. Every output has a `.provenance.json` sidecar with the "
+             "sha256 of each input.", "", "| output | kind | what | status |", "|---|---|---|---|"]
+    for e in entries:
+        if e.name in report["built"]:
+            ext = "png" if e.kind == "figure" else "md"
+            status = f"[{e.name}.{ext}]({e.name}.{ext})"
+        elif e.name in report["skipped"]:
+            status = "skipped: " + report["skipped"][e.name].replace("|", "\\|")
+        else:
+            status = "FAILED: " + report["failed"].get(e.name, "").replace("|", "\\|")
+        lines.append(f"| {e.name} | {e.kind} | {e.title} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m paper_figures", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", help="results directory (default: results/, else examples/results)")
+    ap.add_argument("--runs", help="runs directory (default: runs/, else examples/runs)")
+    ap.add_argument("--root", help="working directory holding results/ and runs/ (default: the current one)")
+    ap.add_argument("--examples", action="store_true", help="use the shipped example results even if results/ exists")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"output directory (default {DEFAULT_OUT})")
+    ap.add_argument("--only", nargs="+", choices=sorted(by_name()), help="build only these entries")
+    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for confidence intervals")
+    ap.add_argument("--list", action="store_true", help="print the manifest and exit")
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: `make figures` needs no display
+    if args.list:
+        for e in MANIFEST:
+            print(f"{e.name:<22} {e.kind:<6} {e.script:<40} {e.title}")
+        return 0
+    if args.examples:
+        root = Path(args.root or analysis.io.REPO_ROOT) / analysis.io.EXAMPLES
+        inputs = analysis.discover(results=root / "results", runs=root / "runs")
+        inputs.source = f"the shipped example results ({root})"
+    else:
+        inputs = analysis.discover(root=args.root, results=args.results, runs=args.runs)
+    report = build(inputs, Path(args.out), args.only, args.n_boot)
+    n = {k: len(v) for k, v in report.items() if isinstance(v, dict)}
+    print(f"{n['built']} built, {n['skipped']} skipped, {n['failed']} failed -> {args.out}")
+    if inputs.is_empty:
+        print("no inputs found: run `make example-results` (tiny pipeline, CPU) or the pipeline itself")
+    return 1 if n["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

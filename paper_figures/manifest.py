@@ -1,0 +1,65 @@
+"""Every figure and table `make figures` builds: output name, script, kind, what it shows, inputs.
+
+One entry per script in this directory; `python -m paper_figures --list` prints this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # output file stem in paper_figures/out/
+    module: str  # script: paper_figures/<module>.py with make(ctx)
+    kind: str  # figure | table
+    title: str
+    inputs: str  # what it reads
+
+    @property
+    def script(self) -> str:
+        return f"paper_figures/{self.module}.py"
+
+
+MANIFEST: list[Entry] = [
+    Entry("training_curves", "fig_training_curves", "figure",
+          "Training and validation loss against tokens, with the learning-rate schedule", "runs/*/metrics.jsonl"),
+    Entry("scores_vs_tokens", "fig_scores_vs_tokens", "figure",
+          "Benchmark scores and validation loss against tokens seen, per checkpoint", "results.csv"),
+    Entry("acc_vs_loss", "fig_acc_vs_loss", "figure",
+          "Accuracy against validation loss with fitted sigmoids and transition points (bootstrap CI)",
+          "results.csv, items/"),
+    Entry("base_vs_instruct", "fig_base_vs_instruct", "figure",
+          "Base vs instruct: benchmark scores and probe fluency of the instruct model against its base",
+          "results.csv, probes.jsonl"),
+    Entry("item_heatmap", "fig_item_heatmap", "figure",
+          "Per-item learning heat-map: which items each checkpoint solves; items learned and forgotten",
+          "items/"),
+    Entry("weight_change", "fig_weight_change", "figure",
+          "Relative weight change per layer between consecutive checkpoints", "results/weights/*.csv or checkpoints"),
+    Entry("probe_fluency", "fig_probe_fluency", "figure",
+          "Fluency of probe outputs (repetition, distinct-n, log-probability) against validation loss",
+          "probes.jsonl, results.csv"),
+    Entry("rerun_overlay", "fig_rerun_overlay", "figure",
+          "Own training run overlaid on the released suite at matched token counts",
+          "results.csv with released and own checkpoints"),
+    Entry("resume_ablation", "fig_resume_ablation", "figure",
+          "Resuming with vs without the optimizer state: loss spike and recovery", "dmas-repro ablate resume"),
+    Entry("world_size_ablation", "fig_world_size_ablation", "figure",
+          "Continuing on 1 vs 2 processes: loss agreement and throughput", "dmas-repro ablate world-size"),
+    Entry("architecture", "tab_architecture", "table",
+          "Architecture and training hyperparameters, generated from the presets", "dmas_repro presets"),
+    Entry("scores_table", "tab_scores", "table",
+          "Benchmark scores and validation loss per checkpoint", "results.csv"),
+    Entry("transitions_table", "tab_transitions", "table",
+          "Transition loss per task (bootstrap CI), loss-score correlations, order of emergence",
+          "results.csv, items/"),
+    Entry("neighbour_tests", "tab_neighbour_tests", "table",
+          "Paired bootstrap tests between neighbouring checkpoints: which changes are real", "items/"),
+    Entry("qualitative_outputs", "tab_qualitative", "table",
+          "Greedy probe outputs across checkpoints", "probes.jsonl"),
+]
+
+
+def by_name() -> dict[str, Entry]:
+    return {e.name: e for e in MANIFEST}

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Regenerate `examples/`, the small results set shipped with the repository (`make example-results`).
+
+Everything is produced for real on this machine's CPU, in a scratch working directory:
+
+1. `dmas-repro train`: the embedded default (tiny preset, bundled corpus) pretrains into runs/tiny
+   and instruction-tunes into runs/tiny/sft;
+2. `dmas-repro eval-all-checkpoints --checkpoints runs/tiny --suite offline`: every checkpoint
+   (and the SFT model) on the bundled HellaSwag slice, validation loss and the probes;
+3. `dmas-repro ablate resume` and `dmas-repro ablate world-size`;
+4. `python -m analysis.weights runs/tiny`: weight dynamics between the run's checkpoints.
+
+Then only the small files are copied into examples/ (metrics.jsonl, configs, summaries,
+results.csv/.parquet, items/, probes.jsonl, the weight-dynamics CSV): never checkpoint weights.
+examples/README.md records the commands, their wall time, the machine, the git commit and every
+copied file's sha256.
+
+    python scripts/make_example_results.py [--work DIR] [--stages train,eval,ablate,weights] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("train", "eval", "ablate", "weights")
+
+# What is shipped, relative to the scratch directory (glob patterns); everything else stays behind.
+KEEP = [
+    "runs/**/metrics.jsonl", "runs/**/config.json", "runs/**/sft_config.json", "runs/**/summary.json",
+    "results/offline/results.csv", "results/offline/results.parquet", "results/offline/probes.jsonl",
+    "results/offline/failures.jsonl", "results/offline/store.json", "results/offline/items/**/*.jsonl",
+    "results/weights/*.csv",
+]
+SKIP_PARTS = ("checkpoints", "hf", "units", ".exports")  # weights, exports, the store's internal unit files
+
+
+def commands(limit: int | None) -> dict[str, list[list[str]]]:
+    dr = [sys.executable, "-m", "dmas_repro"]
+    ev = dr + ["eval-all-checkpoints", "--checkpoints", "runs/tiny", "--suite", "offline", "--out",
+               "results/offline", "--device", "cpu"]
+    if limit:
+        ev += ["--limit", str(limit)]
+    return {
+        "train": [dr + ["train"]],
+        "eval": [ev],
+        "ablate": [dr + ["ablate", "resume", "--out", "runs/ablate/resume"],
+                   dr + ["ablate", "world-size", "--out", "runs/ablate/world-size"]],
+        "weights": [[sys.executable, "-m", "analysis.weights", "runs/tiny", "--out", "results/weights/tiny.csv"]],
+    }
+
+
+def sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def cpu_model() -> str:
+    try:
+        for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if ln.startswith("Model name:"):
+                return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def collect(work: Path, dest: Path) -> list[Path]:
+    """Copy the whitelisted small files from `work` into a fresh `dest` (atomically replaced)."""
+    files = sorted({f for pat in KEEP for f in work.glob(pat) if f.is_file()})
+    files = [f for f in files if not any(p in SKIP_PARTS or p.startswith(".")
+                                         for p in f.relative_to(work).parts[:-1])]
+    tmp = Path(tempfile.mkdtemp(prefix=".examples.tmp-", dir=dest.parent))
+    for f in files:
+        out = tmp / f.relative_to(work)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, out)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return [dest / f.relative_to(work) for f in files]
+
+
+def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | None) -> None:
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from dmas_repro.runio import git_commit
+
+    info = {"git_commit": git_commit(), "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
+            "python": platform.python_version(), "torch": torch.__version__, "eval_limit": limit,
+            "made": time.strftime("%Y-%m-%d %H:%M %Z"), "commands": log,
+            "files": {str(f.relative_to(dest)): sha256(f) for f in files}}
+    (dest / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in files)
+    rows = "\n".join(f"| `{' '.join(c['command'])}` | {c['seconds']:.0f} |" for c in log)
+    (dest / "README.md").write_text(f"""# Example results (made by `make example-results`)
+
+Real outputs of the tiny pipeline, run end to end on a CPU by `scripts/make_example_results.py`;
+`make figures` and the notebooks read them when no `results/` or `runs/` exist. Nothing here is
+typed by hand or synthetic. They come from a 13.7M-parameter model trained for minutes on a small
+bundled corpus, so the benchmark accuracies sit near chance: they show the *pipeline*, not the paper's
+numbers (evaluate the released checkpoints on a GPU for those).
+
+- machine: {info['machine']}; Python {info['python']}, torch {info['torch']}
+- git commit: `{info['git_commit']}`; made {info['made']}
+- {len(files)} files, {size / 1e6:.2f} MB; sha256 of each in `manifest.json`. Checkpoint weights are not shipped.
+
+| command (in a scratch directory) | wall seconds |
+|---|---|
+{rows}
+
+Layout (the same as a working directory): `runs/tiny/` (pretraining metrics and config),
+`runs/tiny/sft/` (instruction tuning), `runs/ablate/{{resume,world-size}}/` (each run's metrics and
+`summary.json`), `results/offline/` (results.csv/.parquet, items/, probes.jsonl),
+`results/weights/tiny.csv` (per-parameter norms and change between checkpoints).
+""")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", help="scratch directory (default: a new temporary one; reuse one to resume)")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {','.join(STAGES)}")
+    ap.add_argument("--limit", type=int, default=500, help="HellaSwag items per checkpoint (default 500; 0: all)")
+    ap.add_argument("--dest", default=str(REPO / "examples"), help="where the example set goes")
+    ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    bad = sorted(set(stages) - set(STAGES))
+    if bad:
+        print(f"unknown stages {bad}; choose from {STAGES}", file=sys.stderr)
+        return 2
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dmas-examples-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    print(f"scratch directory: {work}")
+    log_file = work / ".make_example_results.json"  # stages already run in this scratch dir (with --work)
+    done = json.loads(log_file.read_text()) if log_file.is_file() else {}
+    limit = args.limit or None
+    for stage in stages:
+        for cmd in commands(limit)[stage]:
+            shown = ["dmas-repro" if c == "dmas_repro" else c for c in cmd[2:]] if cmd[1] == "-m" else cmd
+            print(f"\n$ {' '.join(shown)}", flush=True)
+            t0 = time.time()
+            rc = subprocess.run(cmd, cwd=work, env=env).returncode
+            dt = time.time() - t0
+            if rc != 0:
+                print(f"make_example_results: `{' '.join(shown)}` failed (exit {rc}); scratch kept in {work}",
+                      file=sys.stderr)
+                return rc
+            done.setdefault(stage, [])
+            done[stage] = [c for c in done[stage] if c["command"] != shown] + [{"command": shown,
+                                                                               "seconds": round(dt, 1)}]
+            log_file.write_text(json.dumps(done, indent=2))
+    log = [c for s in STAGES for c in done.get(s, [])]
+    dest = Path(args.dest)
+    files = collect(work, dest)
+    write_readme(dest, log, files, limit)
+    print(f"\nwrote {len(files)} files into {dest}")
+    if not args.keep_work and not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
