@@ -191,7 +191,12 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.ce_chunk_tokens = 0  # >0: cross-entropy over chunks of this many tokens (saves memory)
+        # Training-speed options (plain attributes, set by the trainer; see BENCHMARKS.md):
+        # ce_chunk_tokens > 0: the loss never materializes logits for more than this many tokens at a time
+        #   (fused LM-head + cross-entropy, gradients made chunk by chunk during the forward).
+        # activation_checkpointing: recompute each block's activations in the backward (saves memory).
+        self.ce_chunk_tokens = 0
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -210,8 +215,12 @@ class Transformer(nn.Module):
         positions = torch.arange(start, start + T, device=input_ids.device)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         x = self.tok_embeddings(input_ids)
+        recompute = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for block in self.layers:
-            x = block(x, cos, sin, cache)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache)
         if cache is not None:
             cache.pos += T
         return self.norm(x)
@@ -229,14 +238,19 @@ class Transformer(nn.Module):
         return self.cross_entropy(h, targets)
 
     def cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean CE of `lm_head(h)` over targets != -100; chunked when `ce_chunk_tokens` > 0."""
         h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
         n = self.ce_chunk_tokens
-        if n <= 0 or h.shape[0] <= n:
+        if n <= 0:
             return F.cross_entropy(self.lm_head(h).float(), targets, ignore_index=-100)
+        count = (targets != -100).sum().clamp(min=1)
+        if type(self.lm_head) is nn.Linear:  # not wrapped (e.g. by an adapter): the fused path applies
+            dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+            return LinearCrossEntropy.apply(h, self.lm_head.weight, targets, n, dtype) / count
         total = h.new_zeros((), dtype=torch.float32)
         for hs, ts in zip(h.split(n), targets.split(n)):
-            total = total + _chunk_ce_sum(self.lm_head, hs, ts)
-        return total / (targets != -100).sum().clamp(min=1)
+            total = total + torch.utils.checkpoint.checkpoint(_chunk_ce_sum, self.lm_head, hs, ts, use_reentrant=False)
+        return total / count
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -336,8 +350,78 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def _chunk_ce_sum(lm_head: nn.Linear, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _chunk_ce_sum(lm_head: nn.Module, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(lm_head(h).float(), t, ignore_index=-100, reduction="sum")
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `h @ weight.T` over targets != -100, `chunk` tokens at a time.
+
+    The float32 logits of one chunk (one buffer, reused) are the largest temporary: for each chunk
+    the forward computes the softmax in place, the loss (logsumexp - target logit), and, when
+    gradients are needed, the gradients of h and weight right away, so nothing of the chunk is kept
+    for the backward, which only scales the stored gradients. Matmuls run in `dtype` (the autocast
+    dtype), softmax and the weight gradient's accumulation in float32 (float64 for float64). Equal to
+    F.cross_entropy(..., reduction="sum") up to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int, dtype: torch.dtype):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.weight_dtype = weight.dtype
+        n = h.shape[0]
+        acc = torch.promote_types(dtype, torch.float32)  # softmax and weight-gradient dtype
+        with torch.autocast(h.device.type, enabled=False):
+            w = weight.to(dtype)
+            grad_h = torch.empty_like(h) if need_h else None
+            grad_w = torch.empty_like(weight, dtype=acc) if need_w else None
+            total = torch.zeros((), device=h.device, dtype=acc)
+            buf = torch.empty(min(chunk, n), weight.shape[0], device=h.device, dtype=acc)
+            low = torch.empty_like(buf, dtype=dtype) if dtype != acc else None
+            for start in range(0, n, chunk):
+                hc, tc = h[start : start + chunk].to(dtype), targets[start : start + chunk]
+                m = hc.shape[0]
+                valid = (tc != -100)[:, None]
+                tc = tc.masked_fill(~valid[:, 0], 0)[:, None]
+                logits = buf[:m]
+                if low is None:
+                    torch.mm(hc, w.t(), out=logits)
+                else:
+                    logits.copy_(torch.mm(hc, w.t(), out=low[:m]))
+                target_logit = logits.gather(1, tc)
+                # softmax in place: exp(x - max) / sum; logsumexp = max + log(sum)
+                row_max = logits.amax(dim=1, keepdim=True)
+                probs = logits.sub_(row_max).exp_()
+                row_sum = probs.sum(dim=1, keepdim=True)
+                total += ((row_max + row_sum.log() - target_logit) * valid).sum()
+                if not (need_h or need_w):
+                    continue
+                # d(sum CE)/d(logits) = softmax - onehot(target); ignored rows are zeroed through hc / grad_h
+                g = probs.div_(row_sum).scatter_add_(1, tc, torch.full_like(target_logit, -1.0))
+                g = g.to(dtype) if low is None else low[:m].copy_(g)
+                mask = valid.to(dtype)
+                if need_h:
+                    grad_h[start : start + chunk] = (g @ w).mul_(mask)
+                if need_w and low is None:  # matmul dtype = accumulation dtype: accumulate in place
+                    if start == 0:
+                        torch.mm(g.t(), hc * mask, out=grad_w)
+                    else:
+                        grad_w.addmm_(g.t(), hc * mask)
+                elif need_w:
+                    contrib = (g.t() @ (hc * mask)).to(acc)
+                    if start == 0:
+                        grad_w.copy_(contrib)
+                    else:
+                        grad_w.add_(contrib)
+        ctx.save_for_backward(grad_h, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        grad_h = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        grad_w = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return grad_h, grad_w, None, None, None
 
 
 def build(cfg: ModelConfig | str, device=None, dtype=None) -> Transformer:
