@@ -160,13 +160,18 @@ def write_resume_ablation(d: Path):
 
 
 def write_world_size_ablation(d: Path):
+    base = train_rows(100, seed=4)
     one = train_rows(150, seed=4, start=101)
     two = [dict(r, tokens_per_s=r["tokens_per_s"] * 1.8) for r in one]
     double = [dict(r, tokens=r["tokens"] * 2, tokens_per_s=r["tokens_per_s"] * 1.9) for r in one]
-    for name, rows in {"ws1": one, "ws2": two, "ws2_double_batch": double}.items():
-        _jsonl(d / name / "metrics.jsonl", rows)
-    (d / "summary.json").write_text(json.dumps({"ablation": "world-size", "start_step": 100,
-                                                "max_abs_loss_diff_same_batch": 0.0}))
+    runs = {"base": (base, 1), "world_size_1": (one, 1), "world_size_2": (two, 2),
+            "world_size_2_double_batch": (double, 2)}
+    for name, (rows, ws) in runs.items():
+        start = {"kind": "event", "step": rows[0]["step"] - 1, "event": "start", "world_size": ws}
+        _jsonl(d / name / "metrics.jsonl", [start] + rows)
+    (d / "summary.json").write_text(json.dumps({
+        "ablation": "world-size", "start_step": 100, "end_step": 150, "same_batch_max_abs_diff": 0.0,
+        "segments": [{"run": n, "world_size": ws} for n, (_, ws) in runs.items()]}))
 
 
 def write_weights_csv(path: Path):
