@@ -18,6 +18,7 @@ from a table for known GPUs, otherwise a measured matmul peak in the benchmark's
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -61,6 +62,7 @@ class TrainBenchConfig:
     activation_checkpointing: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
+    offload_idle: bool | None = None  # park the idle family on the CPU between turns (None: on CUDA)
     seed: int = 1337
     peak_flops: float | None = None  # override the device peak used for MFU
 
@@ -116,6 +118,7 @@ def machine_info(device: str) -> dict:
         "cpu": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
         import transformers
@@ -209,19 +212,20 @@ class _PeakRSS:
 
 
 # ---------------------------------------------------------------- the training benchmark
-class _Variant:
-    """One model + AdamW + a step function; all variants share weights at start, data and settings."""
+class _Family:
+    """One model + AdamW, shared by its eager and compiled variants (the compiled module wraps the same
+    parameters). Both families start from the same weights and see the same data and settings."""
 
-    def __init__(self, name: str, cfg, weights: dict, bc: TrainBenchConfig, device: str, dtype_name: str):
+    def __init__(self, kind: str, cfg, weights: dict, bc: TrainBenchConfig, device: str, dtype_name: str):
         import torch
 
         from . import hf
         from .model import Transformer
 
-        self.name, self.device = name, device
+        self.kind, self.device = kind, device
         param_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
         self.autocast = dtype_name == "bf16-autocast"
-        if name.startswith("ours"):
+        if kind == "ours":
             model = Transformer(cfg)
             model.load_state_dict(weights["ours"])
             model.ce_chunk_tokens = (
@@ -246,22 +250,48 @@ class _Variant:
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=fused
         )
-        self.fn = self.model
-        if name.endswith("compile"):
-            self.fn = torch.compile(self.model, mode=bc.compile_mode, backend=bc.compile_backend)
-        self.is_hf = name.startswith("hf")
+        self.compiled = None
+        self.where = device
+
+    def fn(self, compiled: bool, bc: TrainBenchConfig):
+        import torch
+
+        if not compiled:
+            return self.model
+        if self.compiled is None:
+            self.compiled = torch.compile(self.model, mode=bc.compile_mode, backend=bc.compile_backend)
+        return self.compiled
+
+    def move(self, device: str) -> None:
+        """Park the model and optimizer state on `device` (e.g. the CPU while another family runs)."""
+        if device == self.where:
+            return
+        self.model.to(device)
+        for state in self.opt.state.values():  # fused AdamW keeps all its state (step too) with the params
+            for k, v in state.items():
+                if hasattr(v, "to"):
+                    state[k] = v.to(device)
+        self.where = device
+
+
+class _Variant:
+    def __init__(self, name: str, family: _Family, bc: TrainBenchConfig):
+        self.name, self.family = name, family
+        self.fn = family.fn(name.endswith("compile"), bc)
+        self.is_hf = family.kind == "hf"
 
     def step(self, inp, tgt):
         import torch
 
-        with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+        fam = self.family
+        with torch.autocast(fam.device.split(":")[0], dtype=torch.bfloat16, enabled=fam.autocast):
             if self.is_hf:
                 loss = self.fn(input_ids=inp, labels=tgt, shift_labels=tgt, use_cache=False).loss
             else:
                 loss = self.fn(inp, targets=tgt)
         loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        fam.opt.step()
+        fam.opt.zero_grad(set_to_none=True)
         return loss.detach()
 
 
@@ -318,22 +348,40 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         f"{params / 1e6:.1f}M params, {flops_per_token / 1e6:.1f} MFLOP/token, peak {peak / 1e12:.3f} TFLOP/s "
         f"({peak_source})")
 
+    offload = bc.offload_idle if bc.offload_idle is not None else device.startswith("cuda")
+    families: dict[str, _Family] = {}
     variants, results = [], {}
+
+    def activate(fam: _Family) -> None:
+        if offload:
+            for other in families.values():
+                if other is not fam:
+                    other.move("cpu")
+            fam.move(device)
+
     for name in bc.variants:
-        v = _Variant(name, cfg, weights, bc, device, dtype_name)
+        kind = "hf" if name.startswith("hf") else "ours"
+        if kind not in families:
+            if offload:
+                for other in families.values():
+                    other.move("cpu")
+            families[kind] = _Family(kind, cfg, weights, bc, device, dtype_name)
+        v = _Variant(name, families[kind], bc)
+        activate(v.family)
         t0 = time.perf_counter()
         losses = [v.step(inp, tgt) for inp, tgt in batches[: max(bc.warmup, 1)]]  # the first step compiles
         first_loss = losses[0].item()
         _sync(device)
         warm_s = time.perf_counter() - t0
         variants.append(v)
-        results[name] = {"attention": v.attn, "warmup_s": round(warm_s, 3), "first_loss": first_loss,
+        results[name] = {"attention": v.family.attn, "warmup_s": round(warm_s, 3), "first_loss": first_loss,
                          "rounds_tokens_per_s": [], "peak_mem_bytes": 0}
         log(f"  {name:<13} warm-up {warm_s:.1f}s (loss {first_loss:.4f})")
 
     for r in range(bc.rounds):
         for v in variants:
             res = results[v.name]
+            activate(v.family)
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(device)
             with _PeakRSS() as mem:
@@ -362,7 +410,9 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         "benchmark": "train",
         "config": {**asdict(bc), "variants": list(bc.variants), "seq_len": T, "dtype": dtype_name,
                    "device": device, "model_config": cfg.to_dict(),
-                   "ce_chunk_tokens_ours": variants[0].model.ce_chunk_tokens if ours else None},
+                   "ce_chunk_tokens_ours": families["ours"].model.ce_chunk_tokens if ours else None,
+                   "offload_idle": offload},
+        "command": _command_line(),
         "machine": machine_info(device),
         "params": params,
         "tokens_per_step": tokens_per_step,
@@ -394,6 +444,18 @@ def format_train(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    prog = sys.argv[0]
+    if Path(prog).name == "__main__.py":
+        prog = "python -m dmas_repro"
+    elif Path(prog).name == "dmas-repro":
+        prog = "dmas-repro"
+    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
 def _write_json(path: str | None, obj: dict) -> None:
     if not path:
         return
@@ -404,6 +466,196 @@ def _write_json(path: str | None, obj: dict) -> None:
     atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
 
 
+# ---------------------------------------------------------------- the evaluation benchmark
+@dataclass
+class EvalBenchConfig:
+    checkpoint: str | None = None  # ours or HF dir; None: a fresh random model of `preset`
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)
+    device: str = "auto"
+    val_data: str | None = None  # a prepared data dir; None: data/bundled if present, else random tokens
+    val_tokens: int = 32768
+    val_seq_len: int | None = None
+    val_batch_sizes: tuple[int, ...] = (1, 4, 16)
+    lmeval_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    hellaswag_limit: int = 50  # items of the bundled HellaSwag slice (lm-eval, offline)
+    parts: tuple[str, ...] = ("val", "lmeval")
+    seed: int = 1337
+
+
+def run_eval_bench(ec: EvalBenchConfig, log=print) -> dict:
+    """Seconds to evaluate one checkpoint: load + validation loss by batch size; lm-eval throughput by batch size."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from . import checkpoint, hf
+    from .cli import parse_dtype
+    from .model import Transformer, preset
+
+    bad = [p for p in ec.parts if p not in ("val", "lmeval")]
+    if bad or not ec.parts:
+        raise UserError(f"--parts {','.join(ec.parts)}: choose from val,lmeval")
+    device = TrainBenchConfig(device=ec.device).resolved_device()
+    out: dict = {"benchmark": "eval", "config": {**asdict(ec), "device": device}, "command": _command_line(),
+                 "machine": machine_info(device)}
+    with tempfile.TemporaryDirectory(prefix="dmas-bench-eval-") as tmp:
+        src = Path(ec.checkpoint) if ec.checkpoint else None
+        if src is None:
+            torch.manual_seed(ec.seed)
+            src = Path(tmp) / "model"
+            src.mkdir()
+            checkpoint.save_model_files(Transformer(preset(ec.preset).with_(**ec.model)), src)
+            out["checkpoint"] = f"random init of preset {ec.preset} {ec.model or ''}".strip()
+        elif not src.is_dir():
+            raise UserError(f"--checkpoint {src}: no such directory")
+        else:
+            out["checkpoint"] = str(src)
+        # evaluate-all-checkpoints works on the HF directory: export ours first (timed apart), then load it
+        hf_dir = src if hf.is_hf_dir(src) else None
+        if hf_dir is None:
+            t0 = time.perf_counter()
+            hf_dir = hf.save_hf(checkpoint.load_any(src), Path(tmp) / "hf")
+            out["export_hf_s"] = time.perf_counter() - t0
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        _sync(device)
+        t0 = time.perf_counter()
+        model = hf.from_hf(hf_dir, dtype=parse_dtype(dtype), device=device, pad_vocab=False).eval()
+        _sync(device)
+        out["load_s"] = time.perf_counter() - t0
+        out["dtype"] = dtype
+        log(f"bench eval: {out['checkpoint']} on {device} ({dtype}): loaded in {out['load_s']:.2f}s")
+
+        if "val" in ec.parts:
+            from .valloss import ValTokens, load_val_tokens, token_bytes, val_loss
+
+            token_bytes()  # a per-process table, built once: not part of any checkpoint's time
+
+            data_dir = ec.val_data or ("data/bundled" if Path("data/bundled/manifest.json").is_file() else None)
+            if data_dir:
+                vt = load_val_tokens(data_dir, ec.val_tokens)
+            else:
+                toks = np.random.default_rng(ec.seed).integers(0, 50257, ec.val_tokens + 1, dtype=np.uint16)
+                vt = ValTokens(tokens=toks, source="random tokens", sha="")
+            rows = []
+            for bs in ec.val_batch_sizes:
+                _sync(device)
+                t0 = time.perf_counter()
+                r = val_loss(model, vt, ec.val_seq_len, batch_size=bs, device=device)
+                _sync(device)
+                dt = time.perf_counter() - t0
+                rows.append({"batch_size": bs, "seconds": dt, "tokens_per_s": r["n_tokens"] / dt,
+                             "loss": r["loss"], "n_tokens": r["n_tokens"], "seq_len": r["seq_len"]})
+                log(f"  val loss  batch {bs:>3}: {dt:7.2f}s  {r['n_tokens'] / dt:10,.0f} tokens/s  "
+                    f"loss {r['loss']:.4f}")
+            best = min(rows, key=lambda x: x["seconds"])
+            out["val"] = {"source": vt.source, "by_batch_size": rows, "best_batch_size": best["batch_size"],
+                          "seconds_per_checkpoint": out["load_s"] + best["seconds"]}
+        del model
+
+        if "lmeval" in ec.parts:
+            from . import benchmarks
+
+            tm = benchmarks.task_manager(["hellaswag_dev"])
+            spec = benchmarks.TaskSpec("hellaswag_dev", 0, ec.hellaswag_limit)
+            rows = []
+            for bs in ec.lmeval_batch_sizes:
+                t0 = time.perf_counter()
+                lm = benchmarks.load_lm(hf_dir, device, dtype, bs)
+                load_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                res = benchmarks.evaluate_task(lm, spec, tm)
+                dt = time.perf_counter() - t0
+                items = [r for recs in res.items.values() for r in recs]
+                n_req = sum(len(r["loglikelihoods"]) for r in items)
+                acc = next((r["value"] for r in res.rows if r["metric"] == "acc_norm"), None)
+                rows.append({"batch_size": bs, "load_s": load_s, "seconds": dt, "items": len(items),
+                             "requests": n_req, "requests_per_s": n_req / dt, "items_per_s": len(items) / dt,
+                             "acc_norm": acc})
+                log(f"  lm-eval   batch {bs:>3}: {dt:7.2f}s for {len(items)} items, {n_req / dt:8.1f} "
+                    f"log-likelihood requests/s (load {load_s:.1f}s)")
+                del lm
+            out["lmeval"] = {"task": "hellaswag_dev", "limit": ec.hellaswag_limit, "dtype": dtype,
+                             "backend": "lm-eval HFLM", "by_batch_size": rows,
+                             "best_batch_size": max(rows, key=lambda x: x["requests_per_s"])["batch_size"]}
+    return out
+
+
+def format_eval(res: dict) -> str:
+    lines = [f"{res['checkpoint']} on {res['machine'].get('gpu') or res['machine']['cpu']}: "
+             f"load {res['load_s']:.2f}s"]
+    if "val" in res:
+        v = res["val"]
+        lines.append(f"validation loss ({v['source']}, {v['by_batch_size'][0]['n_tokens']} tokens): "
+                     f"{v['seconds_per_checkpoint']:.2f}s per checkpoint incl. load, at batch {v['best_batch_size']}")
+    if "lmeval" in res:
+        b = max(res["lmeval"]["by_batch_size"], key=lambda x: x["requests_per_s"])
+        lines.append(f"lm-eval hellaswag_dev: best {b['requests_per_s']:.1f} requests/s at batch {b['batch_size']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- markdown for BENCHMARKS.md
+def markdown(res: dict) -> str:
+    """A BENCHMARKS.md section for one result JSON (train or eval)."""
+    m = res["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} threads"
+    versions = f"torch {m['torch']}, transformers {m.get('transformers', '-')}, Python {m['python']}"
+    load = f"; 1-min load average at start {m['load_avg_1m']:.2f}" if m.get("load_avg_1m") is not None else ""
+    head = [f"Command: `{res.get('command', '?')}`  ", f"Machine: {where} ({m['device']}); {versions}; "
+            f"{m.get('time', '')}{load}", ""]
+    if res["benchmark"] == "train":
+        c = res["config"]
+        over = " ".join(f"{k}={v}" for k, v in (c["model"] or {}).items())
+        lines = [f"#### Training steps: preset `{c['preset']}` {over}, micro-batch {c['micro_batch']}, "
+                 f"seq {c['seq_len']}, {c['dtype']}", ""] + head
+        lines += ["| variant | tokens/s (best) | tokens/s (median) | MFU | peak memory | attention |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for name, v in res["variants"].items():
+            lines.append(f"| {name} | {v['tokens_per_s']:,.0f} | {v['tokens_per_s_median']:,.0f} | "
+                         f"{100 * v['mfu']:.1f}% | {v['peak_mem_bytes'] / 2**20:,.0f} MiB | {v['attention']} |")
+        lines += ["", f"{c['rounds']} rounds x {c['steps']} timed steps per variant after {c['warmup']} warm-up "
+                  f"steps; ours uses ce_chunk_tokens={c.get('ce_chunk_tokens_ours')}, activation checkpointing "
+                  f"{'on' if c['activation_checkpointing'] else 'off'}. MFU: {res['flops_per_token'] / 1e6:,.1f} "
+                  f"MFLOP/token ({res['flop_convention']}) against {res['peak_flops'] / 1e12:.3f} TFLOP/s "
+                  f"({res['peak_flops_source']}). Peak memory: {res['peak_mem_kind']}."]
+        if res["ratio_vs_hf"] is not None:
+            lines.append(f"**ratio_vs_hf = {res['ratio_vs_hf']:.2f}** ({res['best_ours']} / {res['best_hf']}).")
+        return "\n".join(lines) + "\n"
+    lines = [f"#### Evaluation of one checkpoint: {res['checkpoint']}", ""] + head
+    lines.append(f"Load (`hf.from_hf`, {res.get('dtype')}, as eval-all-checkpoints does): {res['load_s']:.2f} s.")
+    if "val" in res:
+        v = res["val"]
+        lines += ["", f"Validation loss (`valloss.val_loss`, {v['by_batch_size'][0]['n_tokens']:,} tokens of "
+                  f"{v['source']}, seq {v['by_batch_size'][0]['seq_len']}):", "",
+                  "| batch size | seconds | tokens/s |", "|---:|---:|---:|"]
+        lines += [f"| {r['batch_size']} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} |" for r in v["by_batch_size"]]
+        lines += ["", f"Seconds per checkpoint (load + best batch size): **{v['seconds_per_checkpoint']:.2f}**."]
+    if "lmeval" in res:
+        e = res["lmeval"]
+        lines += ["", f"lm-eval ({e['backend']}, {e['dtype']}) on `{e['task']}`, first {e['limit']} items:", "",
+                  "| batch size | model load s | eval s | requests/s | items/s | acc_norm |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['batch_size']} | {r['load_s']:.1f} | {r['seconds']:.2f} | {r['requests_per_s']:.1f} | "
+                  f"{r['items_per_s']:.2f} | {r['acc_norm'] if r['acc_norm'] is None else round(r['acc_norm'], 4)} |"
+                  for r in e["by_batch_size"]]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_report(args) -> int:
+    parts = []
+    for path in args.json_files:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such result file")
+        try:
+            parts.append(markdown(json.loads(p.read_text())))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{p}: not a bench result ({e})") from None
+    print("\n".join(parts), end="")
+    return 0
+
+
 # ---------------------------------------------------------------- CLI
 def _cmd_train(args) -> int:
     bc = TrainBenchConfig(
@@ -412,7 +664,7 @@ def _cmd_train(args) -> int:
         variants=tuple(v for v in args.variants.split(",") if v), device=args.device, dtype=args.dtype,
         ce_chunk_tokens=args.ce_chunk_tokens, activation_checkpointing=args.activation_checkpointing,
         compile_mode=args.compile_mode, compile_backend=args.compile_backend, seed=args.seed,
-        peak_flops=args.peak_flops,
+        peak_flops=args.peak_flops, offload_idle=args.offload_idle,
     )
     res = run_train_bench(bc)
     print(format_train(res))
@@ -437,9 +689,50 @@ def add_train_arguments(p) -> None:
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (both)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default, max-autotune, ...)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: trace only)")
+    p.add_argument("--offload-idle", action=argparse.BooleanOptionalAction, default=None,
+                   help="park the idle model + optimizer on the CPU between turns (default: on CUDA)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: table "
                    "for known GPUs in bf16, else a measured matmul peak)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+
+
+def _ints_arg(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise UserError(f"{text!r}: expected comma-separated integers") from None
+    if not vals or min(vals) < 1:
+        raise UserError(f"{text!r}: expected positive integers")
+    return vals
+
+
+def _cmd_eval(args) -> int:
+    ec = EvalBenchConfig(
+        checkpoint=args.checkpoint, preset=args.preset, model=parse_overrides(args.model), device=args.device,
+        val_data=args.val_data, val_tokens=args.val_tokens, val_seq_len=args.val_seq_len,
+        val_batch_sizes=_ints_arg(args.val_batch_sizes), lmeval_batch_sizes=_ints_arg(args.lmeval_batch_sizes),
+        hellaswag_limit=args.hellaswag_limit, parts=tuple(p for p in args.parts.split(",") if p),
+    )
+    res = run_eval_bench(ec)
+    print(format_eval(res))
+    _write_json(args.json, res)
+    return 0
+
+
+def add_eval_arguments(p) -> None:
+    p.add_argument("--checkpoint", default=None, help="our or HF checkpoint dir (default: random init of --preset)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--model", action="append", metavar="KEY=VALUE", help="model config override (repeatable)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--val-data", default=None, help="prepared data dir (default: data/bundled if present, "
+                   "else random tokens)")
+    p.add_argument("--val-tokens", type=int, default=32768, help="validation token budget")
+    p.add_argument("--val-seq-len", type=int, default=None, help="default: min(1024, context)")
+    p.add_argument("--val-batch-sizes", default="1,4,16")
+    p.add_argument("--lmeval-batch-sizes", default="1,8,32")
+    p.add_argument("--hellaswag-limit", type=int, default=50, help="items of the bundled HellaSwag slice")
+    p.add_argument("--parts", default="val,lmeval", help="comma list: val, lmeval")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
 
 
@@ -449,3 +742,9 @@ def add_commands(sub) -> None:
     t = bsub.add_parser("train", help="tokens/s, MFU, memory of training steps: ours (eager, compiled) vs HF")
     add_train_arguments(t)
     t.set_defaults(func=_cmd_train)
+    e = bsub.add_parser("eval", help="seconds per checkpoint: validation loss and lm-eval throughput by batch size")
+    add_eval_arguments(e)
+    e.set_defaults(func=_cmd_eval)
+    r = bsub.add_parser("report", help="print a BENCHMARKS.md section (markdown) for result JSON files")
+    r.add_argument("json_files", nargs="+", metavar="JSON")
+    r.set_defaults(func=_cmd_report)
