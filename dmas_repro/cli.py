@@ -13,8 +13,8 @@ import sys
 from .errors import UserError
 
 # Modules that add subcommands, in the order the data flows.
-COMMAND_MODULES = ("dmas_repro.cli", "dmas_repro.data", "dmas_repro.train", "dmas_repro.evaluate",
-                   "dmas_repro.bench")
+COMMAND_MODULES = ("dmas_repro.cli", "dmas_repro.data", "dmas_repro.train", "dmas_repro.sft", "dmas_repro.chat",
+                   "dmas_repro.evaluate", "dmas_repro.bench")
 
 
 def parse_dtype(name: str | None):
