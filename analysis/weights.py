@@ -136,9 +136,16 @@ def weight_dynamics(checkpoints) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _step_gaps(df: pd.DataFrame) -> pd.Series:
+    """checkpoint -> steps since the previous checkpoint (in step order; NaN for the first)."""
+    steps = df.drop_duplicates("checkpoint").set_index("checkpoint")["step"].sort_values()
+    return steps.diff()
+
+
 def per_layer(df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate `weight_dynamics` per (checkpoint, group): norms combine as sqrt(sum of squares),
-    so rel_change is the relative change of the whole block."""
+    so rel_change is the relative change of the whole block; rel_change_per_step divides it by the
+    number of steps since the previous checkpoint (checkpoints are rarely evenly spaced)."""
     g = df.assign(norm2=df["norm"] ** 2, delta2=df["delta_norm"] ** 2, prev2=df["prev_norm"] ** 2)
     keys = ["checkpoint", "step", "tokens", "group"]
     agg = g.groupby(keys, dropna=False).agg(layer=("layer", "first"), numel=("numel", "sum"), norm2=("norm2", "sum"),
@@ -147,16 +154,20 @@ def per_layer(df: pd.DataFrame) -> pd.DataFrame:
     agg["norm"] = np.sqrt(agg.pop("norm2"))
     agg["delta_norm"] = np.sqrt(agg.pop("delta2"))
     agg["rel_change"] = agg["delta_norm"] / np.sqrt(agg.pop("prev2"))
+    agg["rel_change_per_step"] = agg["rel_change"] / agg["checkpoint"].map(_step_gaps(df))
     order = agg["layer"].fillna(10**6)
     return agg.assign(_o=order).sort_values(["step", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 
 def per_module(df: pd.DataFrame) -> pd.DataFrame:
-    """Relative change per (checkpoint, module kind) summed over layers (attn.wq, mlp.w_up, ...)."""
+    """Relative change per (checkpoint, module kind) summed over layers (attn.wq, mlp.w_up, ...),
+    also per step since the previous checkpoint."""
     g = df.assign(delta2=df["delta_norm"] ** 2, prev2=df["prev_norm"] ** 2)
     agg = g.groupby(["checkpoint", "step", "tokens", "module"], dropna=False)[["delta2", "prev2"]].sum(min_count=1)
     agg["rel_change"] = np.sqrt(agg["delta2"] / agg["prev2"])
-    return agg.reset_index().drop(columns=["delta2", "prev2"]).sort_values(["step", "module"])
+    agg = agg.reset_index().drop(columns=["delta2", "prev2"])
+    agg["rel_change_per_step"] = agg["rel_change"] / agg["checkpoint"].map(_step_gaps(df))
+    return agg.sort_values(["step", "module"])
 
 
 def main(argv: list[str] | None = None) -> int:

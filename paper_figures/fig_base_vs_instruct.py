@@ -8,7 +8,7 @@ import numpy as np
 from analysis import probes, scores
 
 from . import style
-from .core import RUN_EVAL, RUN_TRAIN, Skip
+from .core import RUN_EVAL, Skip
 
 
 def _bars(ax, labels, base, inst, colors, deltas=True):
@@ -26,7 +26,8 @@ def plot(ctx):
     res = ctx.results()
     d = scores.base_vs_instruct(res)
     if d.empty:
-        raise Skip(f"no instruct checkpoint in the results store; run {RUN_TRAIN} (its sft stage), then {RUN_EVAL}")
+        raise Skip("no instruct checkpoint in the results store; run `dmas-repro train` (its sft stage), "
+                   f"then {RUN_EVAL}")
     bench = d[[r.task != scores.VAL_TASK and scores.primary_metric(res, r.task) == r.metric for r in d.itertuples()]]
     vl = d[(d["task"] == scores.VAL_TASK) & (d["metric"] == scores.VAL_METRIC)]
     try:

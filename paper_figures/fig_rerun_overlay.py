@@ -10,7 +10,7 @@ from analysis import scores
 from analysis.io import RELEASED_SERIES
 
 from . import style
-from .core import RUN_EVAL, Skip
+from .core import Skip
 
 
 def plot(ctx):
@@ -19,7 +19,8 @@ def plot(ctx):
     series = sorted(base["series"].unique())
     if RELEASED_SERIES not in series or len(series) < 2:
         raise Skip("needs results of the released checkpoints and of an own run in the results store; run "
-                   "`dmas-repro eval-all-checkpoints --checkpoints released` (GPU) and " + RUN_EVAL)
+                   "`dmas-repro eval-all-checkpoints --checkpoints released` (on a GPU) and "
+                   "`dmas-repro eval-all-checkpoints --checkpoints runs/NAME` with the same suite")
     sc = scores.scores(base)
     vl = scores.val_loss(base).rename(columns={"val_loss": "value"}).assign(task="val_loss")
     curves = [("val_loss", vl)] + [(t, sc[sc["task"] == t]) for t in sorted(sc["task"].unique())]

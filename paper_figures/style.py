@@ -20,7 +20,7 @@ def apply() -> None:
 
 
 def colors(n: int) -> list:
-    return sns.color_palette(PALETTE, n)
+    return sns.color_palette(PALETTE if n <= 10 else "tab20", n)
 
 
 def human(x: float, _pos=None) -> str:

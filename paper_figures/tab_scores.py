@@ -7,6 +7,7 @@ import pandas as pd
 from analysis import scores
 
 from .core import Skip
+from .style import human
 
 
 def table(ctx) -> pd.DataFrame:
@@ -20,7 +21,7 @@ def table(ctx) -> pd.DataFrame:
         raise Skip("the results store holds no benchmark rows")
     df = pd.concat(parts)
     df = df[["kind", "step", "tokens"] + [c for c in df.columns if c not in ("kind", "step", "tokens")]]
-    df["tokens"] = df["tokens"].map(lambda t: f"{t / 1e9:.3g}B" if t >= 1e8 else f"{t / 1e6:.3g}M")
+    df["tokens"] = df["tokens"].map(lambda t: "" if pd.isna(t) else human(t))
     df.index.name = "checkpoint"
     return df
 

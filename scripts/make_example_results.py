@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", help="scratch directory (default: a new temporary one; reuse one to resume)")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {','.join(STAGES)}")
-    ap.add_argument("--limit", type=int, default=500, help="HellaSwag items per checkpoint (default 500; 0: all)")
+    ap.add_argument("--limit", type=int, default=200, help="HellaSwag items per checkpoint (default 200; 0: all)")
     ap.add_argument("--dest", default=str(REPO / "examples"), help="where the example set goes")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
     args = ap.parse_args(argv)
