@@ -40,6 +40,9 @@ SPLITS = ("train", "val")
 CORPORA = Path(__file__).parent / "assets" / "corpora"
 BUNDLED_FILES = ("wiki_demo.txt", "c4_demo.jsonl")
 FINEWEB_REPO = "HuggingFaceFW/fineweb-edu"
+# GPT-2 tokens in FineWeb-Edu's sample subsets (their names): the progress bar's total for an ETA.
+FINEWEB_SUBSET_TOKENS = {"sample-10BT": 10_000_000_000, "sample-100BT": 100_000_000_000,
+                         "sample-350BT": 350_000_000_000}
 EOT = 50256
 
 
@@ -349,7 +352,10 @@ def prepare(cfg: PrepareConfig, out_dir: str | os.PathLike, progress: bool | Non
     if val.total >= cfg.val_tokens:
         val.done = True
 
-    bar = _progress_bar(progress, cfg.max_tokens, train.total + val.total)
+    total = cfg.max_tokens
+    if total is None and cfg.source == "fineweb-edu":
+        total = FINEWEB_SUBSET_TOKENS.get(cfg.subset)
+    bar = _progress_bar(progress, total, train.total + val.total)
     states: dict[int, dict] = {}
     chunks = _chunks(source.iter_from(stream_state), source, cfg.chunk_docs, states)
     pool = None

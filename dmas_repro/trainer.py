@@ -551,6 +551,8 @@ def _full_states(raw, model, opt, cfg: TrainConfig, info: D.DistInfo):
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd = get_model_state_dict(model, options=opts)
         osd = get_optimizer_state_dict(model, opt, options=opts)
+        if not info.is_main:  # full state dicts are gathered on rank 0 only
+            return None, None
         return _StateView(raw.cfg, msd), _fsdp_osd_to_by_name(osd)
     if not info.is_main:
         return None, None

@@ -55,9 +55,21 @@ def reference(tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def half(tiny_data, tmp_path_factory) -> Path:
-    """The same run stopped after 3 steps (`--max-steps 3`): checkpoint step 3."""
-    out = tmp_path_factory.mktemp("half") / "run"
-    train.run(_cfg(tiny_data, "max_steps=3"), out, quiet=True)
+    """The same run stopped after 3 steps (`--max-steps 3`): checkpoint step 3. It also samples text
+    and scores a HellaSwag-format slice every step: neither may change the training."""
+    tmp = tmp_path_factory.mktemp("half")
+    hs = tmp / "hellaswag.jsonl"
+    hs.write_text("".join(json.dumps({"query": f"A man picks up a ball {i}.", "choices": [
+        " He throws it.", " The sky is green.", " It eats soup.", " Then he walks away."], "label": i % 4}) + "\n"
+        for i in range(6)))
+    out = tmp / "run"
+    train.run(_cfg(tiny_data, "max_steps=3", "sample_every=1", "sample_count=2", "sample_tokens=4",
+                   "hellaswag_every=2", f"hellaswag_path={hs}"), out, quiet=True)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["kind"] == "sample"] == [1, 1, 2, 2, 3, 3]
+    assert all(r["text"].startswith("Hello, I am a language model,") for r in rows if r["kind"] == "sample")
+    hsr = [r for r in rows if r["kind"] == "hellaswag"]
+    assert [r["step"] for r in hsr] == [2] and hsr[0]["n"] == 6 and 0 <= hsr[0]["acc_norm"] <= 1
     return out
 
 
@@ -129,13 +141,16 @@ def test_resume_with_fresh_optimizer_and_stretched_schedule(reference, half, tmp
     assert tc.read_trainer_state(tc.newest_checkpoint(out2))["lr_total_steps"] == 11
 
 
-def test_world_size_change_keeps_losses(reference, half, tmp_path):
-    """Resume the 1-process run on 2 gloo processes (torchrun): same global batch, same data order."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel):
+    """Resume the 1-process run on 2 gloo processes (torchrun, DDP or FSDP2): same global batch,
+    same data order, same losses."""
     out = _copy(half, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dmas_repro", "train", "--preset", "tiny", "--out", str(out), "--resume", "--max-steps", "6",
-           "--device", "cpu", *MICRO, f"data_dir={_data_of(half)}"]
+           "-m", "dmas_repro", "train", "--stages", "pretrain", "--preset", "tiny", "--out", str(out), "--resume",
+           "--max-steps", "6",
+           "--device", "cpu", *MICRO, f"data_dir={_data_of(half)}", f"parallel={parallel}"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     ref, got = _losses(reference), _losses(out)
@@ -146,6 +161,11 @@ def test_world_size_change_keeps_losses(reference, half, tmp_path):
     assert ev["world_size"] == 2 and ev["grad_accum"] == 2
     st = tc.read_trainer_state(tc.newest_checkpoint(out))
     assert st["world_size"] == 2 and st["loader"]["position"] == 6 * 16
+    # the checkpoint written by 2 processes is a plain model directory again, with the same weights up
+    # to rounding (AdamW turns rounding-level differences of near-zero gradients into updates ~lr)
+    a = checkpoint.load_model(tc.newest_checkpoint(reference)).state_dict()
+    b = checkpoint.load_model(tc.newest_checkpoint(out)).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -227,9 +247,11 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_dat
 
     out = tmp_path / "run"
     with pytest.raises(train.Diverged, match="NaN/inf at or before step 3.*step_00000002"):
-        train.run(_cfg(tiny_data, "max_steps=6", "ckpt_every=1"), out, build=build, quiet=True)
+        train.run(_cfg(tiny_data, "max_steps=6", "ckpt_every=1", "dtype=bfloat16"), out, build=build, quiet=True)
     assert tc.newest_checkpoint(out).name == "step_00000002"
     assert checkpoint.load_model(tc.newest_checkpoint(out)).state_dict()["norm.weight"].isfinite().all()
+    ev = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "event"]
+    assert ev[0]["dtype"] == "bfloat16" and ev[-1]["event"] == "diverged"  # bf16 autocast on CPU
 
 
 def test_config_errors_before_any_step(tiny_data, tmp_path, capsys):
