@@ -1,6 +1,7 @@
 """The training loop: exact resume, fresh-optimizer resume, world-size change, kill -9 during a
 checkpoint write, SIGTERM, NaN, config errors, and the embedded default run (`default_run`)."""
 
+import importlib.util
 import json
 import math
 import os
@@ -264,7 +265,11 @@ def test_config_errors_before_any_step(tiny_data, tmp_path, capsys):
         (["micro_batch=3"], "does not divide global_batch_tokens"),
         (["lr=fast"], "is not a float"),
         (["data_dir=" + str(tmp_path / "none")], "no prepared data"),
+        (["hellaswag_every=5"], "needs hellaswag_path"),
     ]
+    for pkg in ("tensorboard", "wandb"):
+        if importlib.util.find_spec(pkg) is None:
+            cases.append(([f"{pkg}=true"], f"the {pkg} package is not installed"))
     for extra, msg in cases:
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
