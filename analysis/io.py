@@ -314,9 +314,11 @@ def discover(root: PathLike | None = None, results: PathLike | None = None, runs
     """Choose the inputs: explicit `results`/`runs` dirs; else `ROOT/results` and `ROOT/runs` when
     either exists; else the shipped example results `ROOT/examples/{results,runs}`.
 
-    ROOT defaults to the current directory when it holds results/, runs/ or examples/, else the
-    repository this package lives in (so notebooks can run from `notebooks/`).
+    ROOT defaults to $DMAS_REPRO_ROOT, else the current directory when it holds results/, runs/ or
+    examples/, else the repository this package lives in (so notebooks can run from `notebooks/`).
     """
+    if root is None and os.environ.get("DMAS_REPRO_ROOT"):
+        root = os.environ["DMAS_REPRO_ROOT"]
     if root is None:
         cwd = Path.cwd()
         root = cwd if any((cwd / d).is_dir() for d in ("results", "runs", EXAMPLES)) else REPO_ROOT

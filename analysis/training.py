@@ -63,3 +63,12 @@ def value_at(curve: pd.DataFrame, x: str, y: str, at) -> np.ndarray:
     """Linear interpolation of `y` against `x` of one curve at the points `at` (NaN outside its range)."""
     c = curve.dropna(subset=[x, y]).sort_values(x)
     return np.interp(np.asarray(at, float), c[x].to_numpy(float), c[y].to_numpy(float), left=np.nan, right=np.nan)
+
+
+def samples(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The in-loop text samples ('sample' rows: run, step, text), in step order; empty if none were logged."""
+    cols = ["run", "step", "text"]
+    s = metrics_kind(metrics, "sample")
+    if s.empty or "text" not in s.columns:
+        return pd.DataFrame(columns=cols)
+    return s[[c for c in cols if c in s.columns]].sort_values(["run", "step"], kind="stable").reset_index(drop=True)

@@ -236,11 +236,13 @@ def task_transitions(results: pd.DataFrame, items: pd.DataFrame | None = None, n
 def emergence_order(transitions: pd.DataFrame) -> pd.DataFrame:
     """Tasks in the order they leave chance during training: highest transition loss first (the
     loss falls as training goes on); tasks that never leave chance come last."""
+    cols = ["series", "rank", "task", "transition_loss", "transition_low", "transition_high",
+            "first_above_chance_checkpoint", "first_above_chance_tokens", "emerged"]
+    if transitions.empty:
+        return pd.DataFrame(columns=cols)
     t = transitions.copy()
     t["emerged"] = t["transition_loss"].notna()
     t = t.sort_values(["series", "emerged", "transition_loss"], ascending=[True, False, False])
     t["rank"] = t.groupby("series").cumcount() + 1
     t.loc[~t["emerged"], "rank"] = np.nan
-    cols = ["series", "rank", "task", "transition_loss", "transition_low", "transition_high",
-            "first_above_chance_checkpoint", "first_above_chance_tokens", "emerged"]
     return t[[c for c in cols if c in t.columns]].reset_index(drop=True)

@@ -12,10 +12,13 @@ from .core import Skip
 def table(ctx, max_chars: int = 110) -> pd.DataFrame:
     pr = ctx.probes()
     mode = "greedy" if (pr["mode"] == "greedy").any() else pr["mode"].iloc[0]
-    # prompts every base checkpoint answered (continuations), at most 3 to keep the table readable
+    # one prompt per category (knowledge, reasoning, continuation, ...) that every base checkpoint answered
     base = pr[(pr["kind"] == "base") & (pr["mode"] == mode)]
-    ids = [p for p in dict.fromkeys(base["prompt_id"]) if base[base["prompt_id"] == p]["checkpoint"].nunique()
-           == base["checkpoint"].nunique()][:3]
+    n_ck = base["checkpoint"].nunique()
+    full = base.groupby("prompt_id")["checkpoint"].nunique()
+    full = base[base["prompt_id"].isin(full[full == n_ck].index)]
+    ids = list(full.drop_duplicates("category")["prompt_id"])[:4] if "category" in full.columns else []
+    ids = ids or list(dict.fromkeys(full["prompt_id"]))[:3]
     inst = pr[(pr["kind"] == "instruct") & (pr["mode"] == mode)]
     ids += [p for p in dict.fromkeys(inst["prompt_id"]) if p not in ids][:1]
     tab = probes.output_table(pr, mode=mode, prompt_ids=ids, max_chars=max_chars)

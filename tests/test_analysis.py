@@ -139,6 +139,7 @@ def test_task_transitions_and_emergence_order(results, item_df):
         assert t.loc[task, "chance"] == pytest.approx(chance)
         assert t.loc[task, "midpoint"] == pytest.approx(mid, abs=0.25)
     order = transitions.emergence_order(t.reset_index())
+    assert transitions.emergence_order(pd.DataFrame()).empty
     assert list(order["task"]) == ["easy_task", "hard_task"]  # planted: easy_task leaves chance at higher loss
     # without items the aggregate (parametric) path gives a close answer
     agg = transitions.task_transitions(results, None, n_boot=40, chance={t: v[0] for t, v in TASKS.items()})
@@ -219,6 +220,9 @@ def test_training_curves_and_summary(ws):
     s = training.summary(m).set_index("run")
     assert s.loc["tiny", "steps"] == 200 and s.loc["tiny", "val_loss_drop"] > 3
     assert training.ema([1, 1, 1])[0] == pytest.approx(1.0)
+    smp = training.samples(m)
+    assert list(smp.columns) == ["run", "step", "text"] and len(smp) == 2
+    assert training.samples(m[m["kind"] == "train"]).empty
     v = c["val"][c["val"]["run"] == "tiny"]
     assert training.value_at(v, "step", "val_loss", [0])[0] == pytest.approx(7.0)
     assert np.isnan(training.value_at(v, "step", "val_loss", [10**6])[0])
