@@ -102,12 +102,20 @@ def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | No
             "files": {str(f.relative_to(dest)): sha256(f) for f in files}}
     (dest / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
     size = sum(f.stat().st_size for f in files)
+    params = "tiny-preset"
+    run_metrics = dest / "runs" / "tiny" / "metrics.jsonl"
+    if run_metrics.is_file():  # the parameter count the training run logged in its start event
+        for ln in run_metrics.read_text().splitlines():
+            row = json.loads(ln) if ln.strip() else {}
+            if row.get("kind") == "event" and row.get("params"):
+                params = f"{row['params'] / 1e6:.1f}M-parameter"
+                break
     rows = "\n".join(f"| `{' '.join(c['command'])}` | {c['seconds']:.0f} |" for c in log)
     (dest / "README.md").write_text(f"""# Example results (made by `make example-results`)
 
 Real outputs of the tiny pipeline, run end to end on a CPU by `scripts/make_example_results.py`;
 `make figures` and the notebooks read them when no `results/` or `runs/` exist. Nothing here is
-typed by hand or synthetic. They come from a 13.7M-parameter model trained for minutes on a small
+typed by hand or synthetic. They come from a {params} model trained for minutes on a small
 bundled corpus, so the benchmark accuracies sit near chance: they show the *pipeline*, not the paper's
 numbers (evaluate the released checkpoints on a GPU for those).
 
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
     limit = args.limit or None
     for stage in stages:
         for cmd in commands(limit)[stage]:
-            shown = ["dmas-repro" if c == "dmas_repro" else c for c in cmd[2:]] if cmd[1] == "-m" else cmd
+            shown = (["dmas-repro"] + cmd[3:]) if cmd[2] == "dmas_repro" else ["python"] + cmd[1:]
             print(f"\n$ {' '.join(shown)}", flush=True)
             t0 = time.time()
             rc = subprocess.run(cmd, cwd=work, env=env).returncode
