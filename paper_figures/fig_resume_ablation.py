@@ -27,8 +27,9 @@ def plot(ctx):
         raise Skip(f"{d}: no reference run (a run dir named 'reference') with training rows")
     S = resume_step(summary, train, ref)
     variants = [r for r in runs if r != ref]
-    fig, axes = style.figure(ncols=2, height=2.8)
-    colors = dict(zip([ref] + variants, style.colors(len(variants) + 1)))
+    fig, axes = style.figure(ncols=2, height=3.3)
+    pal = style.colors(10)
+    colors = dict(zip([ref] + variants, [pal[0], pal[2], pal[1], pal[4], pal[3], pal[5]]))
     lo = max(0, S - (train["step"].max() - S) // 3)
     ax = axes[0, 0]
     for r in [ref] + variants:
@@ -43,12 +44,15 @@ def plot(ctx):
         ex = ablation.excess_loss(train[train["run"] == r], train[train["run"] == ref], S)
         if ex.empty:
             continue
-        sp = ablation.resume_spike(train[train["run"] == r], train[train["run"] == ref], S)
-        ax.plot(ex.index, ex.to_numpy(), color=colors[r],
-                label=f"{r}: peak {sp.peak_excess:+.3f}\nrecovered after {sp.steps_to_recover} steps")
+        # the same window / tolerance as the ablation's summary.json
+        kw = {k: summary[k] for k in ("window", "tol", "final_window") if isinstance(summary.get(k), int | float)}
+        sp = ablation.resume_spike(train[train["run"] == r], train[train["run"] == ref], S, **kw)
+        rec = f"within {kw.get('tol', 0.02):g} after {sp.steps_to_recover} steps" if sp.steps_to_recover \
+            else "not back within tolerance"
+        ax.plot(ex.index, ex.to_numpy(), color=colors[r], label=f"{r}: peak {sp.peak_excess:+.3f}, {rec}")
     ax.axhline(0, color="k", lw=0.5)
     ax.set(xlabel="step", ylabel="loss - reference loss", title="excess loss after the resume")
-    ax.legend(fontsize=6, loc="upper right")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     return fig
 
