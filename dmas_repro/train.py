@@ -304,6 +304,7 @@ class StageContext:
 # name -> "module:function"; `dmas-repro train` runs them in this order (default: all).
 STAGES: dict[str, str] = {
     "pretrain": "dmas_repro.train:pretrain_stage",
+    "sft": "dmas_repro.sft:sft_stage",  # instruction tuning of the run's newest checkpoint into RUN/sft/
 }
 
 
