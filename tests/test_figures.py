@@ -106,3 +106,30 @@ def _env():
     import os
 
     return {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_example_results_keep_only_small_files(tmp_path):
+    """make_example_results copies metrics, results, items, probes, summaries, weight tables; never weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mer", REPO / "scripts" / "make_example_results.py")
+    mer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mer)
+    work = tmp_path / "work"
+    keep = ["runs/tiny/metrics.jsonl", "runs/tiny/config.json", "runs/tiny/sft/metrics.jsonl",
+            "runs/ablate/resume/summary.json", "runs/ablate/resume/reference/metrics.jsonl",
+            "results/offline/results.csv", "results/offline/probes.jsonl",
+            "results/offline/items/tiny-step_00000010/hellaswag_dev.jsonl", "results/weights/tiny.csv"]
+    drop = ["runs/tiny/checkpoints/step_00000010/model.safetensors", "runs/tiny/checkpoints/step_00000010/config.json",
+            "runs/tiny/hf/config.json", "runs/tiny/hf/model.safetensors", "results/offline/units/x/val_loss.json",
+            "results/offline/.exports/tiny-step_00000010/model.safetensors", "data/bundled/train_000000.bin",
+            "runs/ablate/resume/reference/checkpoints/step_00000080/optimizer.pt"]
+    for f in keep + drop:
+        (work / f).parent.mkdir(parents=True, exist_ok=True)
+        (work / f).write_text("x")
+    dest = tmp_path / "examples"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("old")
+    files = mer.collect(work, dest)
+    assert sorted(str(f.relative_to(dest)) for f in files) == sorted(keep)
+    assert not (dest / "stale.txt").exists()
