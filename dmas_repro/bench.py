@@ -32,6 +32,9 @@ from .errors import UserError
 
 VARIANTS = ("ours-eager", "ours-compile", "hf", "hf-compile")
 DEFAULT_VARIANTS = ("ours-eager", "ours-compile", "hf")
+# A variant may carry options after slashes, to measure one optimization against another in the same run:
+# ce<N> (ours: fused chunked cross-entropy chunk, ce0 = plain F.cross_entropy), ac (activation
+# checkpointing), foreach (AdamW without the fused kernel). E.g. ours-eager/ce0, ours-eager/ac, hf/foreach.
 
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by substring of torch.cuda.get_device_name().
 GPU_PEAK_BF16 = {
@@ -100,11 +103,6 @@ def parse_overrides(items: list[str] | None) -> dict:
         except ValueError:
             raise UserError(f"--model {item!r}: {value!r} is not a number") from None
     return out
-
-
-def default_ce_chunk_tokens(device: str) -> int:
-    """The fused chunked cross-entropy chunk our trainer uses by default (measured; BENCHMARKS.md)."""
-    return 1024 if device.startswith("cuda") else 512
 
 
 # ---------------------------------------------------------------- machine facts
@@ -212,26 +210,60 @@ class _PeakRSS:
 
 
 # ---------------------------------------------------------------- the training benchmark
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    kind: str  # ours | hf
+    compiled: bool
+    ce_chunk_tokens: int | None  # None: the model's default for the device
+    activation_checkpointing: bool
+    fused_adamw: bool
+
+    @property
+    def family_key(self) -> tuple:
+        return (self.kind, self.ce_chunk_tokens, self.activation_checkpointing, self.fused_adamw)
+
+
+def parse_variant(text: str, bc: TrainBenchConfig) -> VariantSpec:
+    base, *opts = text.split("/")
+    if base not in VARIANTS:
+        raise UserError(f"--variants: {text!r} is not one of {','.join(VARIANTS)} (options: /ce<N>, /ac, /foreach)")
+    kind = "hf" if base.startswith("hf") else "ours"
+    ce, ac, fused = bc.ce_chunk_tokens, bc.activation_checkpointing, True
+    for o in opts:
+        if o.startswith("ce") and o[2:].isdigit() and kind == "ours":
+            ce = int(o[2:])
+        elif o == "ac":
+            ac = True
+        elif o == "foreach":
+            fused = False
+        else:
+            raise UserError(f"--variants: unknown option {o!r} in {text!r} (ce<N> for ours, ac, foreach)")
+    return VariantSpec(text, kind, base.endswith("compile"), ce, ac, fused)
+
+
 class _Family:
     """One model + AdamW, shared by its eager and compiled variants (the compiled module wraps the same
     parameters). Both families start from the same weights and see the same data and settings."""
 
-    def __init__(self, kind: str, cfg, weights: dict, bc: TrainBenchConfig, device: str, dtype_name: str):
+    def __init__(self, spec: VariantSpec, cfg, weights: dict, device: str, dtype_name: str):
         import torch
 
         from . import hf
-        from .model import Transformer
+        from .model import Transformer, default_ce_chunk_tokens
 
+        kind = spec.kind
         self.kind, self.device = kind, device
+        self.ce_chunk_tokens = None
         param_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
         self.autocast = dtype_name == "bf16-autocast"
         if kind == "ours":
             model = Transformer(cfg)
             model.load_state_dict(weights["ours"])
-            model.ce_chunk_tokens = (
-                default_ce_chunk_tokens(device) if bc.ce_chunk_tokens is None else bc.ce_chunk_tokens
-            )
-            model.activation_checkpointing = bc.activation_checkpointing
+            ce = spec.ce_chunk_tokens
+            self.ce_chunk_tokens = default_ce_chunk_tokens(device.split(":")[0]) if ce is None else ce
+            model.ce_chunk_tokens = self.ce_chunk_tokens
+            model.activation_checkpointing = spec.activation_checkpointing
             self.attn = "sdpa (enable_gqa)"
         else:
             from transformers import LlamaConfig, LlamaForCausalLM
@@ -243,12 +275,13 @@ class _Family:
             hf_cfg.use_cache = False
             model = LlamaForCausalLM(hf_cfg)
             model.load_state_dict(weights["hf"], strict=True)
-            if bc.activation_checkpointing:
+            if spec.activation_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model.to(device=device, dtype=param_dtype).train()
-        fused = device.startswith("cuda") or device == "cpu"
+        self.activation_checkpointing, self.fused_adamw = spec.activation_checkpointing, spec.fused_adamw
+        fused = {"fused": True} if spec.fused_adamw and device.split(":")[0] in ("cuda", "cpu") else {"foreach": True}
         self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=fused
+            self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **fused
         )
         self.compiled = None
         self.where = device
@@ -275,9 +308,9 @@ class _Family:
 
 
 class _Variant:
-    def __init__(self, name: str, family: _Family, bc: TrainBenchConfig):
-        self.name, self.family = name, family
-        self.fn = family.fn(name.endswith("compile"), bc)
+    def __init__(self, spec: VariantSpec, family: _Family, bc: TrainBenchConfig):
+        self.name, self.family = spec.name, family
+        self.fn = family.fn(spec.compiled, bc)
         self.is_hf = family.kind == "hf"
 
     def step(self, inp, tgt):
@@ -315,9 +348,9 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
     from . import hf
     from .model import Transformer, preset
 
-    unknown = [v for v in bc.variants if v not in VARIANTS]
-    if unknown or not bc.variants:
-        raise UserError(f"--variants {','.join(bc.variants)}: choose from {','.join(VARIANTS)}")
+    if not bc.variants or len(set(bc.variants)) < len(bc.variants):
+        raise UserError(f"--variants {','.join(bc.variants)}: give each of {','.join(VARIANTS)} at most once")
+    specs = [parse_variant(v, bc) for v in bc.variants]
     if min(bc.micro_batch, bc.steps, bc.rounds) < 1 or bc.warmup < 0:
         raise UserError("micro-batch, steps and rounds must be >= 1, warmup >= 0")
     device = bc.resolved_device()
@@ -349,7 +382,7 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         f"({peak_source})")
 
     offload = bc.offload_idle if bc.offload_idle is not None else device.startswith("cuda")
-    families: dict[str, _Family] = {}
+    families: dict[tuple, _Family] = {}
     variants, results = [], {}
 
     def activate(fam: _Family) -> None:
@@ -359,14 +392,14 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
                     other.move("cpu")
             fam.move(device)
 
-    for name in bc.variants:
-        kind = "hf" if name.startswith("hf") else "ours"
-        if kind not in families:
+    for spec in specs:
+        name = spec.name
+        if spec.family_key not in families:
             if offload:
                 for other in families.values():
                     other.move("cpu")
-            families[kind] = _Family(kind, cfg, weights, bc, device, dtype_name)
-        v = _Variant(name, families[kind], bc)
+            families[spec.family_key] = _Family(spec, cfg, weights, device, dtype_name)
+        v = _Variant(spec, families[spec.family_key], bc)
         activate(v.family)
         t0 = time.perf_counter()
         losses = [v.step(inp, tgt) for inp, tgt in batches[: max(bc.warmup, 1)]]  # the first step compiles
@@ -374,8 +407,11 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         _sync(device)
         warm_s = time.perf_counter() - t0
         variants.append(v)
-        results[name] = {"attention": v.family.attn, "warmup_s": round(warm_s, 3), "first_loss": first_loss,
-                         "rounds_tokens_per_s": [], "peak_mem_bytes": 0}
+        fam = v.family
+        results[name] = {"attention": fam.attn, "ce_chunk_tokens": fam.ce_chunk_tokens,
+                         "activation_checkpointing": fam.activation_checkpointing, "fused_adamw": fam.fused_adamw,
+                         "warmup_s": round(warm_s, 3), "first_loss": first_loss, "rounds_tokens_per_s": [],
+                         "peak_mem_bytes": 0}
         log(f"  {name:<13} warm-up {warm_s:.1f}s (loss {first_loss:.4f})")
 
     for r in range(bc.rounds):
@@ -410,7 +446,6 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         "benchmark": "train",
         "config": {**asdict(bc), "variants": list(bc.variants), "seq_len": T, "dtype": dtype_name,
                    "device": device, "model_config": cfg.to_dict(),
-                   "ce_chunk_tokens_ours": families["ours"].model.ce_chunk_tokens if ours else None,
                    "offload_idle": offload},
         "command": _command_line(),
         "machine": machine_info(device),
@@ -609,14 +644,16 @@ def markdown(res: dict) -> str:
         over = " ".join(f"{k}={v}" for k, v in (c["model"] or {}).items())
         lines = [f"#### Training steps: preset `{c['preset']}` {over}, micro-batch {c['micro_batch']}, "
                  f"seq {c['seq_len']}, {c['dtype']}", ""] + head
-        lines += ["| variant | tokens/s (best) | tokens/s (median) | MFU | peak memory | attention |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += ["| variant | tokens/s (best) | tokens/s (median) | MFU | peak memory | attention | CE chunk "
+                  "| act. ckpt | AdamW |", "|---|---:|---:|---:|---:|---|---:|---|---|"]
         for name, v in res["variants"].items():
+            ce = "-" if v["ce_chunk_tokens"] is None else v["ce_chunk_tokens"] or "off (plain)"
             lines.append(f"| {name} | {v['tokens_per_s']:,.0f} | {v['tokens_per_s_median']:,.0f} | "
-                         f"{100 * v['mfu']:.1f}% | {v['peak_mem_bytes'] / 2**20:,.0f} MiB | {v['attention']} |")
-        lines += ["", f"{c['rounds']} rounds x {c['steps']} timed steps per variant after {c['warmup']} warm-up "
-                  f"steps; ours uses ce_chunk_tokens={c.get('ce_chunk_tokens_ours')}, activation checkpointing "
-                  f"{'on' if c['activation_checkpointing'] else 'off'}. MFU: {res['flops_per_token'] / 1e6:,.1f} "
+                         f"{100 * v['mfu']:.1f}% | {v['peak_mem_bytes'] / 2**20:,.0f} MiB | {v['attention']} | {ce} | "
+                         f"{'on' if v['activation_checkpointing'] else 'off'} | "
+                         f"{'fused' if v['fused_adamw'] else 'foreach'} |")
+        lines += ["", f"{c['rounds']} rounds x {c['steps']} timed steps per variant (in turn) after {c['warmup']} "
+                  f"warm-up steps. MFU: {res['flops_per_token'] / 1e6:,.1f} "
                   f"MFLOP/token ({res['flop_convention']}) against {res['peak_flops'] / 1e12:.3f} TFLOP/s "
                   f"({res['peak_flops_source']}). Peak memory: {res['peak_mem_kind']}."]
         if res["ratio_vs_hf"] is not None:
@@ -681,7 +718,8 @@ def add_train_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per round and variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     p.add_argument("--rounds", type=int, default=3, help="rounds; each times every variant once, in turn")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma list from {','.join(VARIANTS)}, each with optional /ce<N> /ac /foreach")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bf16-autocast | bfloat16")
     p.add_argument("--ce-chunk-tokens", type=int, default=None,

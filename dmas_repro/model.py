@@ -71,6 +71,13 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def default_ce_chunk_tokens(device_type: str) -> int:
+    """Chunk of the fused LM-head cross-entropy that trains fastest (BENCHMARKS.md): 512 tokens on
+    CPU (1.8x a plain F.cross_entropy step for the tiny preset); 1024 on CUDA (not yet measured there:
+    chosen for memory, 1024 x 50304 float32 logits = 206 MB; scripts/bench_gpu.sh measures it)."""
+    return 1024 if device_type == "cuda" else 512
+
+
 def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -193,7 +200,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # Training-speed options (plain attributes, set by the trainer; see BENCHMARKS.md):
         # ce_chunk_tokens > 0: the loss never materializes logits for more than this many tokens at a time
-        #   (fused LM-head + cross-entropy, gradients made chunk by chunk during the forward).
+        #   (fused LM-head + cross-entropy, gradients made chunk by chunk during the forward); 0: plain
+        #   F.cross_entropy over all logits; None: default_ce_chunk_tokens(device) (what the trainer uses).
         # activation_checkpointing: recompute each block's activations in the backward (saves memory).
         self.ce_chunk_tokens = 0
         self.activation_checkpointing = False
@@ -241,6 +249,8 @@ class Transformer(nn.Module):
         """Mean CE of `lm_head(h)` over targets != -100; chunked when `ce_chunk_tokens` > 0."""
         h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
         n = self.ce_chunk_tokens
+        if n is None:
+            n = default_ce_chunk_tokens(h.device.type)
         if n <= 0:
             return F.cross_entropy(self.lm_head(h).float(), targets, ignore_index=-100)
         count = (targets != -100).sum().clamp(min=1)

@@ -65,7 +65,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
-    fused_adamw: bool | None = None  # None: fused on CUDA
+    fused_adamw: bool | None = None  # None: fused on CUDA and CPU (CPU: 3.7x faster than foreach, BENCHMARKS.md)
     # resume
     restore_optimizer: bool = True  # False: resume weights, schedule and data position with a fresh AdamW
     stretch_lr_on_resume: bool = False  # the authors' code: schedule length += resumed step at every resume
@@ -74,7 +74,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 autocast on GPU, float32 on CPU) | float32 | bfloat16 (autocast)
     compile: bool | None = None  # torch.compile (None: on CUDA)
     tf32: bool = True  # TF32 matmuls on CUDA
-    ce_chunk_tokens: int = 0  # >0: chunked cross-entropy (Transformer.ce_chunk_tokens)
+    ce_chunk_tokens: int | None = None  # fused chunked LM-head CE; None: model.default_ce_chunk_tokens(device); 0: off
     activation_checkpointing: bool = False  # recompute block activations in backward (Transformer attribute)
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per block)
     peak_flops: float = 0.0  # per device, for MFU; 0: known GPU table, else a measured matmul peak

@@ -50,6 +50,8 @@ def lm_loss(model: torch.nn.Module, batch) -> torch.Tensor:
 def batch_to(batch, device: torch.device):
     nb = device.type == "cuda"
     if isinstance(batch, torch.Tensor):
+        if nb and batch.device.type == "cpu" and not batch.is_pinned():
+            batch = batch.pin_memory()  # a copy from pageable memory would not be asynchronous
         return batch.to(device, non_blocking=nb)
     if isinstance(batch, (tuple, list)):
         return type(batch)(batch_to(b, device) for b in batch)

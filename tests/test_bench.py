@@ -141,20 +141,24 @@ def test_bench_train_smoke_json(tmp_path):
     out = tmp_path / "bench.json"
     rc = cli.main(["bench", "train", "--preset", "tiny", "--model", "n_layer=1", "--model", "vocab_size=512",
                    "--model", "context_length=32", "--micro-batch", "2", "--steps", "1", "--warmup", "1",
-                   "--rounds", "2", "--variants", "ours-eager,ours-compile,hf", "--compile-backend", "eager",
+                   "--rounds", "2", "--variants", "ours-eager,ours-compile,hf,ours-eager/ce0/foreach",
+                   "--compile-backend", "eager",
                    "--ce-chunk-tokens", "24", "--peak-flops", "1e11", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert set(res["variants"]) == {"ours-eager", "ours-compile", "hf"}
+    assert set(res["variants"]) == {"ours-eager", "ours-compile", "hf", "ours-eager/ce0/foreach"}
+    plain = res["variants"]["ours-eager/ce0/foreach"]
+    assert plain["ce_chunk_tokens"] == 0 and not plain["fused_adamw"] and res["variants"]["ours-eager"]["fused_adamw"]
+    assert res["variants"]["ours-eager"]["ce_chunk_tokens"] == 24 and res["variants"]["hf"]["ce_chunk_tokens"] is None
+    assert abs(plain["first_loss"] - res["variants"]["hf"]["first_loss"]) < 1e-4  # its own model: same start
     for v in res["variants"].values():
         assert v["tokens_per_s"] > 0 and len(v["rounds_tokens_per_s"]) == 2
         assert 0 < v["mfu"] == pytest.approx(v["tokens_per_s"] * res["flops_per_token"] / 1e11)
         assert v["peak_mem_bytes"] >= 0
     # same weights and data: ours and HF start from the same loss (ours-compile continues ours-eager's model)
     assert abs(res["variants"]["ours-eager"]["first_loss"] - res["variants"]["hf"]["first_loss"]) < 1e-4
-    assert res["ratio_vs_hf"] == pytest.approx(
-        max(res["variants"]["ours-eager"]["tokens_per_s"], res["variants"]["ours-compile"]["tokens_per_s"])
-        / res["variants"]["hf"]["tokens_per_s"])
+    ours = [v["tokens_per_s"] for k, v in res["variants"].items() if k.startswith("ours")]
+    assert res["ratio_vs_hf"] == pytest.approx(max(ours) / res["variants"]["hf"]["tokens_per_s"])
     assert res["config"]["seq_len"] == 32 and res["config"]["model_config"]["n_layer"] == 1
     assert res["tokens_per_step"] == 64 and "flop_convention" in res and res["machine"]["torch"]
 
@@ -164,6 +168,10 @@ def test_bench_rejects_bad_arguments():
         bench.parse_overrides(["n_layers=2"])
     with pytest.raises(UserError, match="variants"):
         bench.run_train_bench(bench.TrainBenchConfig(variants=("ours-fast",)))
+    with pytest.raises(UserError, match="unknown option"):
+        bench.run_train_bench(bench.TrainBenchConfig(variants=("hf/ce0",)))
+    spec = bench.parse_variant("ours-compile/ce256/ac", bench.TrainBenchConfig())
+    assert (spec.kind, spec.compiled, spec.ce_chunk_tokens, spec.activation_checkpointing) == ("ours", True, 256, True)
     with pytest.raises(UserError, match="context length"):
         bench.run_train_bench(bench.TrainBenchConfig(model={"context_length": 16}, seq_len=32))
 
@@ -175,8 +183,9 @@ def test_family_move_keeps_training():
     m = build(cfg)
     from dmas_repro import hf
 
-    fam = bench._Family("hf", cfg, {"hf": hf.hf_state_dict(m, vocab_size=cfg.vocab_size)}, bc, "cpu", "float32")
-    v = bench._Variant("hf", fam, bc)
+    spec = bench.parse_variant("hf", bc)
+    fam = bench._Family(spec, cfg, {"hf": hf.hf_state_dict(m, vocab_size=cfg.vocab_size)}, "cpu", "float32")
+    v = bench._Variant(spec, fam, bc)
     x, y = _batch(cfg, ignore=False)
     v.step(x, y)
     fam.where = "parked"
@@ -205,3 +214,16 @@ def test_bench_eval_and_report(tmp_path, capsys):
     assert "Seconds per checkpoint" in md and "| 3 |" in md and "hellaswag_dev" in md
     with pytest.raises(UserError, match="parts"):
         bench.run_eval_bench(bench.EvalBenchConfig(parts=("speed",)))
+
+
+def test_ce_chunk_none_means_the_device_default():
+    from dmas_repro.model import default_ce_chunk_tokens
+
+    assert default_ce_chunk_tokens("cpu") > 0 and default_ce_chunk_tokens("cuda") > 0
+    torch.manual_seed(0)
+    m = build(SMALL)
+    x, y = _batch(SMALL)
+    ref_loss, ref = _loss_and_grads(m, x, y)
+    loss, got = _loss_and_grads(m, x, y, ce_chunk_tokens=None)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    _assert_grads_close(got, ref, rtol=1e-5, atol=1e-7)
