@@ -306,9 +306,11 @@ def test_yaml_config_and_overrides(tmp_path):
 # ---------------------------------------------------------------- the embedded default
 def test_default_train_runs_end_to_end(default_run):
     """`dmas-repro train` with no arguments: tiny preset on bundled data, ~10 milestone checkpoints,
-    an HF export, validation loss down by well over 1 nat, within 10 minutes."""
+    an HF export, validation loss down by well over 1 nat."""
+    # Wall time is recorded, not asserted (the brief: speed is measured, not timed in tests); the
+    # 10-minute budget on 2 idle cores is checked by `time dmas-repro train` (README).
     seconds = float((default_run.parent.parent / "default_run_seconds.txt").read_text())
-    assert seconds < 600
+    print(f"no-argument dmas-repro train: {seconds:.0f} s")
     assert (default_run.parent.parent / "data" / "bundled" / data.MANIFEST).is_file()
     rows = read_metrics(default_run / "metrics.jsonl")
     val = [r for r in rows if r["kind"] == "val"]
