@@ -21,16 +21,23 @@ def ema(values, alpha: float = 0.1) -> np.ndarray:
     return out
 
 
-def curves(metrics: pd.DataFrame, smooth: float | None = 0.1) -> dict[str, pd.DataFrame]:
+def auto_alpha(n: int) -> float:
+    """EMA weight that smooths over about a tenth of a curve of n logged points (0.02 .. 0.5)."""
+    return float(np.clip(10.0 / max(n, 1), 0.02, 0.5))
+
+
+def curves(metrics: pd.DataFrame, smooth: float | str | None = "auto") -> dict[str, pd.DataFrame]:
     """Per-run frames: 'train' (step, tokens, loss, loss_smooth, lr, grad_norm, tokens_per_s, mfu),
-    'val' (step, tokens, val_loss) and 'hellaswag' (step, tokens, acc_norm) when logged."""
+    'val' (step, tokens, val_loss) and 'hellaswag' (step, tokens, acc_norm) when logged.
+    smooth: EMA weight of loss_smooth ("auto": `auto_alpha` of each run's length; None: no smoothing)."""
     out = {}
     train = metrics_kind(metrics, "train")
     if not train.empty and smooth:
         train = train.copy()
-        train["loss_smooth"] = np.concatenate(
-            [ema(g["loss"], smooth) for _, g in train.groupby("run", sort=False)]
-        ) if "run" in train.columns else ema(train["loss"], smooth)
+        groups = train.groupby("run", sort=False) if "run" in train.columns else [(None, train)]
+        parts = [pd.Series(ema(g["loss"], auto_alpha(len(g)) if smooth == "auto" else smooth), index=g.index)
+                 for _, g in groups]
+        train["loss_smooth"] = pd.concat(parts)
     out["train"] = train
     out["val"] = metrics_kind(metrics, "val")
     out["hellaswag"] = metrics_kind(metrics, "hellaswag")
