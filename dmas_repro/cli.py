@@ -14,7 +14,7 @@ from .errors import UserError
 
 # Modules that add subcommands, in the order the data flows.
 COMMAND_MODULES = ("dmas_repro.cli", "dmas_repro.data", "dmas_repro.train", "dmas_repro.sft", "dmas_repro.chat",
-                   "dmas_repro.evaluate", "dmas_repro.bench")
+                   "dmas_repro.evaluate", "dmas_repro.bench", "dmas_repro.ablate")
 
 
 def parse_dtype(name: str | None):

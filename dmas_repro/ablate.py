@@ -1,0 +1,495 @@
+"""The paper's two training lessons, rerun at small scale: `dmas-repro ablate resume|world-size`.
+
+    dmas-repro ablate resume [--preset tiny] [--out DIR]
+        An uninterrupted reference trains 0 -> E and saves a checkpoint at step S. Three runs continue
+        from that checkpoint to E: (a) `full_state` (weights, AdamW moments, schedule, data position,
+        RNG), (b) `weights_only` (weights, schedule, data position; a fresh AdamW: what the authors'
+        script did), (c) `weights_only_stretched_lr` (as (b), plus the authors' re-stretched cosine:
+        schedule length += S). DIR/summary.json holds the loss spike of each over the reference, the
+        steps to recover and the final gap (measures: `analysis.ablation`).
+
+    dmas-repro ablate world-size [--out DIR]
+        A 1-process base run trains 0 -> S; from its checkpoint S -> E on 1 process, on 2 processes with
+        the same global batch (gloo on CPU, NCCL on GPU), and on 2 processes with the global batch
+        doubled. DIR/summary.json holds the loss agreement with the 1-process run and tokens/s per segment.
+
+Every run goes through the training engine (`dmas_repro.train.run`); only configs differ. Layout:
+DIR/<run>/{config.json, metrics.jsonl, checkpoints/} and DIR/summary.json. A rerun into the same DIR
+continues unfinished work (the reference by exact resume; a variant from S again) and refuses a
+finished one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import trainer_checkpoint as tc
+from .errors import UserError
+from .runio import atomic_dir, atomic_write_text, git_commit, read_metrics
+
+SUMMARY = "summary.json"
+
+# What each continuation restores besides the weights, schedule and data position.
+RESUME_VARIANTS: dict[str, dict] = {
+    "full_state": dict(restore_optimizer=True, stretch_lr_on_resume=False),
+    "weights_only": dict(restore_optimizer=False, stretch_lr_on_resume=False),
+    "weights_only_stretched_lr": dict(restore_optimizer=False, stretch_lr_on_resume=True),
+}
+
+# Config of every ablation run, applied on top of the training preset (before user overrides):
+# a loss row every step, no in-loop samples, validation only at the start and the end.
+COMMON_OVERRIDES = dict(log_every=1, val_every=0, sample_every=0, hellaswag_every=0, ckpt_every=0)
+
+# Per training preset: the batch of each ablation. tiny: half the preset's 2048 tokens/step, so each
+# command fits in about 10 minutes on two CPU cores; for world-size a micro-batch that two processes
+# can share (1 process: 2 accumulation steps, 2 processes: 1 each).
+RESUME_PRESET_OVERRIDES: dict[str, dict] = {
+    "tiny": dict(global_batch_tokens=1024, micro_batch=8, val_batches=4),
+}
+WORLD_SIZE_PRESET_OVERRIDES: dict[str, dict] = {
+    "tiny": dict(global_batch_tokens=1024, micro_batch=4, val_batches=4),
+}
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass
+class ResumeAblation:
+    """`ablate resume`: resume step S, end step E (= schedule length), and how the spike is measured."""
+
+    preset: str = "tiny"
+    resume_step: int = 60  # S: where the reference saves the checkpoint the variants continue from
+    end_step: int = 90  # E: every run stops here; also the reference's cosine length
+    warmup_steps: int = 10
+    overrides: list[str] = field(default_factory=list)  # TrainConfig key=value, applied last
+    device: str | None = None
+    window: int = 20  # the spike is the peak excess loss within this many steps after S
+    tol: float = 0.05  # excess loss (nats) that counts as recovered
+    final_window: int = 5  # logged steps averaged into the final gap
+
+    def validate(self) -> None:
+        if not 0 < self.resume_step < self.end_step:
+            raise UserError(f"need 0 < resume step ({self.resume_step}) < end step ({self.end_step})")
+        if self.window <= 0 or self.final_window <= 0 or self.tol < 0:
+            raise UserError("window and final_window must be positive, tol >= 0")
+
+
+@dataclass
+class WorldSizeAblation:
+    """`ablate world-size`: base run 0 -> S on 1 process, then S -> E on 1 and 2 processes."""
+
+    preset: str = "tiny"
+    start_step: int = 10  # S: the base run's checkpoint every continuation starts from
+    end_step: int = 30  # E
+    warmup_steps: int = 5
+    total_steps: int = 60  # schedule length (beyond E: the LR is still high across the segments)
+    overrides: list[str] = field(default_factory=list)
+    device: str | None = None
+    processes: int = 2  # the larger world size
+    tolerance: float = 1e-5  # |loss(2 processes) - loss(1 process)| allowed with the same global batch
+    threads_per_process: int = 0  # CPU only; 0: cores // processes (1-process runs keep torch's default)
+
+    def validate(self) -> None:
+        if not 0 < self.start_step < self.end_step:
+            raise UserError(f"need 0 < start step ({self.start_step}) < end step ({self.end_step})")
+        if self.processes < 2:
+            raise UserError("processes must be at least 2")
+
+
+def _train_config(preset: str, fixed: dict, overrides: list[str], device: str | None, structural: dict):
+    """preset -> ablation defaults (`fixed`) -> user overrides -> what the ablation must control."""
+    from . import train
+
+    if preset not in train.PRESETS:
+        raise UserError(f"unknown training preset {preset!r}; choose one of {sorted(train.PRESETS)}")
+    items = [f"{k}={v}" for k, v in {**COMMON_OVERRIDES, **fixed}.items()]
+    cfg = train.load_config(preset, None, items + list(overrides), device=device)
+    for k, v in structural.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def resume_config(ab: ResumeAblation):
+    """The reference run's TrainConfig (the variants differ only in the resume flags)."""
+    ab.validate()
+    # keep_last: the checkpoint at S keeps its optimizer state even if a stop adds checkpoints after it
+    fixed = {**RESUME_PRESET_OVERRIDES.get(ab.preset, {}), "total_steps": ab.end_step, "warmup_steps": ab.warmup_steps}
+    return _train_config(ab.preset, fixed, ab.overrides,
+                         ab.device, dict(max_steps=ab.end_step, milestones=str(ab.resume_step), keep_last=10,
+                                         restore_optimizer=True, stretch_lr_on_resume=False))
+
+
+def world_size_config(ab: WorldSizeAblation):
+    """The base run's TrainConfig; continuations change only the global batch and the world size."""
+    ab.validate()
+    fixed = {**WORLD_SIZE_PRESET_OVERRIDES.get(ab.preset, {}), "total_steps": ab.total_steps,
+             "warmup_steps": ab.warmup_steps}
+    cfg = _train_config(ab.preset, fixed, ab.overrides,
+                        ab.device, dict(max_steps=ab.start_step, milestones=str(ab.start_step), keep_last=10,
+                                        restore_optimizer=True, stretch_lr_on_resume=False))
+    for world in (1, ab.processes):
+        cfg.validate(world)
+    return cfg
+
+
+# ---------------------------------------------------------------- running the engine
+def _refuse_nested() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("run `dmas-repro ablate` as one plain process (not under torchrun): "
+                        "it starts the processes it needs itself")
+
+
+def _refuse_finished(out: Path) -> None:
+    if (out / SUMMARY).is_file():
+        raise UserError(f"{out} already holds a finished ablation ({SUMMARY}); choose another --out")
+
+
+def _clear_if_unstarted(run_dir: Path) -> None:
+    """A run dir without any checkpoint (killed before its first one) starts again from nothing."""
+    if run_dir.exists() and tc.newest_checkpoint(run_dir) is None:
+        shutil.rmtree(run_dir)
+
+
+def _finished(run_dir: Path, end: int) -> bool:
+    ck = tc.newest_checkpoint(run_dir)
+    return ck is not None and int(tc.read_trainer_state(ck).get("step", -1)) >= end
+
+
+def _seed(ckpt: Path, run_dir: Path) -> None:
+    """A fresh run dir whose only checkpoint is a copy of `ckpt` (the engine resumes from it)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    with atomic_dir(tc.step_dir(run_dir, int(tc.read_trainer_state(ckpt)["step"]))) as tmp:
+        for f in ckpt.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+
+
+def _checkpoint_at(run_dir: Path, step: int, need_optimizer: bool = True) -> Path:
+    ck = tc.step_dir(run_dir, step)
+    if not all((ck / f).is_file() for f in tc.REQUIRED):
+        raise UserError(f"{ck}: missing or incomplete; rerun into a new --out")
+    if need_optimizer and not (ck / tc.OPTIMIZER).is_file():
+        raise UserError(f"{ck}: has no optimizer state; rerun into a new --out")
+    return ck
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, cfg, out: str, world: int, port: int, threads: int, quiet: bool) -> None:
+    """One process of a multi-process run (torch.multiprocessing spawn): torchrun's environment, then the engine."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+
+    from . import train
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    train.run(cfg, out, resume=True, quiet=quiet or rank != 0)
+
+
+def launch(cfg, out: Path, world: int = 1, threads: int = 0, quiet: bool = False) -> str | None:
+    """Run (or continue) `cfg` into `out` on `world` processes; returns the stop signal's name, if stopped."""
+    from . import train
+
+    if world == 1:
+        return train.run(cfg, out, resume=True, quiet=quiet).interrupted
+    import torch.multiprocessing as mp
+
+    try:
+        mp.start_processes(_worker, args=(cfg, str(out), world, _free_port(), threads, quiet), nprocs=world,
+                           join=True, start_method="spawn")
+    except mp.ProcessRaisedException as e:
+        last = [ln for ln in str(e).strip().splitlines() if ln.strip()][-1]
+        raise UserError(f"{out}: a process of the {world}-process run failed: {last}") from None
+    except mp.ProcessExitedException as e:
+        raise UserError(f"{out}: a process of the {world}-process run exited ({e})") from None
+    events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("kind") == "event"]
+    return next((r.get("signal") for r in reversed(events) if r.get("event") == "stopped"), None)
+
+
+def _machine(device: str | None) -> dict:
+    import torch
+
+    from .distributed import resolve_device
+
+    dev = resolve_device(device)
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(dev), "git_commit": git_commit()}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+        info["gpu_count"] = torch.cuda.device_count()
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1m_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def _train_rows(run_dir: Path) -> list[dict]:
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    last = {r["step"]: r for r in rows if r.get("kind") == "train"}  # a resumed step: the later row
+    return [last[s] for s in sorted(last)]
+
+
+def _last(run_dir: Path, kind: str, key: str):
+    vals = [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == kind and key in r]
+    return vals[-1] if vals else None
+
+
+def _median_tps(rows: list[dict], skip_first: int = 1) -> float | None:
+    import statistics
+
+    tps = [r["tokens_per_s"] for r in rows[skip_first:] if r.get("tokens_per_s")]
+    return float(statistics.median(tps)) if tps else None
+
+
+def _write_summary(out: Path, summary: dict) -> Path:
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return out / SUMMARY
+
+
+# ---------------------------------------------------------------- ablate resume
+def run_resume(ab: ResumeAblation, out: str | os.PathLike, quiet: bool = False, log=None) -> dict | None:
+    """Run the resume ablation into `out`; returns the summary (None when stopped by a signal)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    _refuse_nested()
+    out = Path(out)
+    _refuse_finished(out)
+    cfg = resume_config(ab)
+    cfg.validate(1)
+    machine = _machine(ab.device)
+    S, E = ab.resume_step, ab.end_step
+    t_all, wall = time.perf_counter(), {}
+
+    ref_dir = out / "reference"
+    if not _finished(ref_dir, E):
+        log(f"ablate resume: reference 0 -> {E} (checkpoint at {S}) in {ref_dir}")
+        _clear_if_unstarted(ref_dir)
+        t0 = time.perf_counter()
+        if launch(cfg, ref_dir, quiet=quiet):
+            return None
+        wall["reference"] = time.perf_counter() - t0
+    ckpt = _checkpoint_at(ref_dir, S)
+    for name, flags in RESUME_VARIANTS.items():
+        d = out / name
+        if _finished(d, E):
+            continue
+        log(f"ablate resume: {name} {S} -> {E} in {d}")
+        _seed(ckpt, d)  # an unfinished variant starts again from S: it must reset AdamW only there
+        t0 = time.perf_counter()
+        if launch(dataclasses.replace(cfg, milestones="", keep_last=1, **flags), d, quiet=quiet):
+            return None
+        wall[name] = time.perf_counter() - t0
+    summary = summarize_resume(out, ab)
+    summary["machine"] = {**machine, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)
+                          if hasattr(os, "getloadavg") else None}
+    summary["wall_s"] = {**{k: round(v, 1) for k, v in wall.items()}, "total": round(time.perf_counter() - t_all, 1)}
+    summary["train_config"] = cfg.to_dict()
+    _write_summary(out, summary)
+    return summary
+
+
+def summarize_resume(out: Path, ab: ResumeAblation) -> dict:
+    """The summary of a finished resume ablation (spikes, recovery, final gaps) from its metrics."""
+    from analysis import ablation
+
+    S, E = ab.resume_step, ab.end_step
+    ref = _train_rows(out / "reference")
+    ref_val = _last(out / "reference", "val", "val_loss")
+    s = {"ablation": "resume", "preset": ab.preset, "resume_step": S, "end_step": E, "window": ab.window,
+         "tol": ab.tol, "final_window": ab.final_window, "overrides": list(ab.overrides),
+         "reference": {"final_loss": ref[-1]["loss"], "final_val_loss": ref_val, "tokens_per_s_median":
+                       _median_tps(ref), "loss_at_resume": next((r["loss"] for r in ref if r["step"] == S), None)}}
+    variants = {}
+    for name in RESUME_VARIANTS:
+        d = out / name
+        rows = _train_rows(d)
+        sp = ablation.resume_spike(rows, ref, S, window=ab.window, tol=ab.tol, final_window=ab.final_window)
+        ex = ablation.excess_loss(rows, ref, S)
+        val = _last(d, "val", "val_loss")
+        lr_total = next((r.get("lr_total_steps") for r in read_metrics(d / "metrics.jsonl")
+                         if r.get("kind") == "event" and r.get("event") == "resume"), None)
+        variants[name] = {**sp.to_dict(), "identical_to_reference": bool(len(ex) == E - S and (ex == 0).all()),
+                          "final_loss": rows[-1]["loss"], "final_val_loss": val,
+                          "final_val_gap": (val - ref_val) if val is not None and ref_val is not None else None,
+                          "lr_total_steps": lr_total, "tokens_per_s_median": _median_tps(rows)}
+        s[f"spike_{name}"] = sp.peak_excess
+        s[f"recover_steps_{name}"] = sp.steps_to_recover
+        s[f"final_gap_{name}"] = sp.final_gap
+    s["full_state_equals_reference"] = variants["full_state"]["identical_to_reference"]
+    s["variants"] = variants
+    return s
+
+
+# ---------------------------------------------------------------- ablate world-size
+WORLD_SIZE_RUNS = ("world_size_1", "world_size_{n}", "world_size_{n}_double_batch")
+
+
+def run_world_size(ab: WorldSizeAblation, out: str | os.PathLike, quiet: bool = False, log=None) -> dict | None:
+    """Run the world-size ablation into `out`; returns the summary (None when stopped by a signal)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    _refuse_nested()
+    out = Path(out)
+    _refuse_finished(out)
+    cfg = world_size_config(ab)
+    machine = _machine(ab.device)
+    if machine["device"].startswith("cuda") and machine.get("gpu_count", 0) < ab.processes:
+        raise UserError(f"the world-size ablation needs {ab.processes} GPUs (found {machine.get('gpu_count')}); "
+                        f"pass --device cpu to run it on CPU processes (gloo)")
+    threads = ab.threads_per_process or max(1, (os.cpu_count() or 1) // ab.processes)
+    if not machine["device"].startswith("cpu"):
+        threads = 0
+    S, E, n = ab.start_step, ab.end_step, ab.processes
+    t_all, wall = time.perf_counter(), {}
+
+    base_dir = out / "base"
+    if not _finished(base_dir, S):
+        log(f"ablate world-size: base 0 -> {S} on 1 process in {base_dir}")
+        _clear_if_unstarted(base_dir)
+        t0 = time.perf_counter()
+        if launch(cfg, base_dir, quiet=quiet):
+            return None
+        wall["base"] = time.perf_counter() - t0
+    ckpt = _checkpoint_at(base_dir, S)
+    cont = dataclasses.replace(cfg, max_steps=E, milestones="", keep_last=1)
+    plan = [("world_size_1", 1, cont),
+            (f"world_size_{n}", n, cont),
+            (f"world_size_{n}_double_batch", n,
+             dataclasses.replace(cont, global_batch_tokens=2 * cfg.global_batch_tokens))]
+    for name, world, c in plan:
+        d = out / name
+        if _finished(d, E):
+            continue
+        log(f"ablate world-size: {name} {S} -> {E} on {world} process(es) in {d}")
+        _seed(ckpt, d)
+        t0 = time.perf_counter()
+        if launch(c, d, world=world, threads=threads if world > 1 else 0, quiet=quiet):
+            return None
+        wall[name] = time.perf_counter() - t0
+    summary = summarize_world_size(out, ab)
+    summary["threads_per_process"] = threads or None
+    summary["machine"] = {**machine, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)
+                          if hasattr(os, "getloadavg") else None}
+    summary["wall_s"] = {**{k: round(v, 1) for k, v in wall.items()}, "total": round(time.perf_counter() - t_all, 1)}
+    summary["train_config"] = cfg.to_dict()
+    _write_summary(out, summary)
+    return summary
+
+
+def summarize_world_size(out: Path, ab: WorldSizeAblation) -> dict:
+    """Loss agreement with the 1-process continuation and tokens/s per segment, from the metrics."""
+    from analysis import ablation
+
+    n = ab.processes
+    one, same, double = "world_size_1", f"world_size_{n}", f"world_size_{n}_double_batch"
+    segments = []
+    for name in ("base", one, same, double):
+        d = out / name
+        rows = _train_rows(d)
+        ev = next((r for r in reversed(read_metrics(d / "metrics.jsonl")) if r.get("kind") == "event"
+                   and r.get("event") in ("start", "resume")), {})
+        tps = _median_tps(rows)
+        segments.append({"run": name, "world_size": ev.get("world_size"), "micro_batch": ev.get("micro_batch"),
+                         "grad_accum": ev.get("grad_accum"), "device": ev.get("device"),
+                         "global_batch_tokens": json.loads((d / "config.json").read_text())["global_batch_tokens"],
+                         "first_step": rows[0]["step"], "last_step": rows[-1]["step"],
+                         "tokens_per_s_median": tps, "final_loss": rows[-1]["loss"],
+                         "final_val_loss": _last(d, "val", "val_loss")})
+    by = {s["run"]: s for s in segments}
+    agree = ablation.loss_agreement(_train_rows(out / same), _train_rows(out / one), after_step=ab.start_step)
+    dbl = ablation.loss_agreement(_train_rows(out / double), _train_rows(out / one), after_step=ab.start_step)
+    t1, tn = by[one]["tokens_per_s_median"], by[same]["tokens_per_s_median"]
+    return {"ablation": "world-size", "preset": ab.preset, "start_step": ab.start_step, "end_step": ab.end_step,
+            "processes": n, "tolerance": ab.tolerance, "overrides": list(ab.overrides),
+            "same_batch_max_abs_diff": agree["max_abs_diff"], "same_batch_mean_abs_diff": agree["mean_abs_diff"],
+            "same_batch_steps_compared": agree["n_steps"],
+            "same_batch_within_tolerance": bool(agree["max_abs_diff"] <= ab.tolerance),
+            "double_batch_max_abs_diff": dbl["max_abs_diff"], "double_batch_mean_abs_diff": dbl["mean_abs_diff"],
+            f"speedup_{n}_vs_1": (tn / t1) if t1 and tn else None,
+            "segments": segments}
+
+
+# ---------------------------------------------------------------- command line
+def _cmd_resume(args) -> int:
+    ab = ResumeAblation(preset=args.preset, overrides=list(args.overrides or []), device=args.device)
+    for k in ("resume_step", "end_step", "warmup_steps", "window", "tol"):
+        if getattr(args, k) is not None:
+            setattr(ab, k, getattr(args, k))
+    out = Path(args.out or "runs/ablate/resume")
+    s = run_resume(ab, out)
+    if s is None:
+        print(f"stopped; rerun the same command to continue {out}", file=sys.stderr)
+        return 130
+    print(f"resume ablation (resume at step {s['resume_step']}, end {s['end_step']}): {out / SUMMARY}")
+    print(f"  {'variant':<27} {'spike':>8} {'recover':>8} {'final gap':>10} {'val gap':>8}")
+    for name, v in s["variants"].items():
+        vg = f"{v['final_val_gap']:+.4f}" if v["final_val_gap"] is not None else "-"
+        print(f"  {name:<27} {v['peak_excess']:+8.4f} {str(v['steps_to_recover']):>8} {v['final_gap']:+10.4f} {vg:>8}")
+    print(f"  full state identical to the reference: {s['full_state_equals_reference']}; "
+          f"wall {s['wall_s']['total']:.0f} s")
+    return 0
+
+
+def _cmd_world_size(args) -> int:
+    ab = WorldSizeAblation(preset=args.preset, overrides=list(args.overrides or []), device=args.device)
+    for k in ("start_step", "end_step", "processes"):
+        if getattr(args, k) is not None:
+            setattr(ab, k, getattr(args, k))
+    out = Path(args.out or "runs/ablate/world-size")
+    s = run_world_size(ab, out)
+    if s is None:
+        print(f"stopped; rerun the same command to continue {out}", file=sys.stderr)
+        return 130
+    print(f"world-size ablation (continue from step {s['start_step']} to {s['end_step']}): {out / SUMMARY}")
+    print(f"  same global batch on {s['processes']} processes: max |loss diff| {s['same_batch_max_abs_diff']:.2e} "
+          f"(tolerance {s['tolerance']:g}: {'ok' if s['same_batch_within_tolerance'] else 'EXCEEDED'})")
+    for seg in s["segments"]:
+        tps = seg["tokens_per_s_median"]
+        print(f"  {seg['run']:<27} world {seg['world_size']} batch {seg['global_batch_tokens']:>7} tokens  "
+              f"{(tps or 0):>9,.0f} tok/s  final loss {seg['final_loss']:.4f}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("ablate", help="the paper's training lessons at small scale: resume, world-size",
+                       description="Rerun the paper's two training lessons through the training engine.")
+    asub = p.add_subparsers(dest="ablation", metavar="ABLATION", required=True)
+    from .train import PRESETS
+
+    r = asub.add_parser("resume", help="resume with the full state vs a fresh AdamW (and the re-stretched LR)",
+                        description="Reference 0 -> E with a checkpoint at S; continue S -> E with the full state, "
+                                    "with a fresh AdamW, and with a fresh AdamW plus the authors' re-stretched LR.")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides (e.g. model.n_layer=2)")
+    r.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="training preset (default tiny)")
+    r.add_argument("--out", default=None, help="output directory (default runs/ablate/resume)")
+    r.add_argument("--resume-step", type=int, default=None, help=f"S (default {ResumeAblation.resume_step})")
+    r.add_argument("--end-step", type=int, default=None, help=f"E (default {ResumeAblation.end_step})")
+    r.add_argument("--warmup-steps", type=int, default=None, help=f"default {ResumeAblation.warmup_steps}")
+    r.add_argument("--window", type=int, default=None, help="steps after S in which the spike is measured")
+    r.add_argument("--tol", type=float, default=None, help="excess loss (nats) that counts as recovered")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda")
+    r.set_defaults(func=_cmd_resume)
+
+    w = asub.add_parser("world-size", help="continue one checkpoint on 1 and 2 processes (same and doubled batch)",
+                        description="Base 0 -> S on 1 process; S -> E on 1 process, on 2 processes with the same "
+                                    "global batch, and on 2 processes with the global batch doubled.")
+    w.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
+    w.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="training preset (default tiny)")
+    w.add_argument("--out", default=None, help="output directory (default runs/ablate/world-size)")
+    w.add_argument("--start-step", type=int, default=None, help=f"S (default {WorldSizeAblation.start_step})")
+    w.add_argument("--end-step", type=int, default=None, help=f"E (default {WorldSizeAblation.end_step})")
+    w.add_argument("--processes", type=int, default=None, help="the larger world size (default 2)")
+    w.add_argument("--device", default=None, help="auto | cpu | cuda (GPU: one process per GPU, NCCL)")
+    w.set_defaults(func=_cmd_world_size)
