@@ -41,7 +41,7 @@ def build_adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0
                 fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW(betas, eps) over `param_groups`; fused by default when the parameters live on CUDA or the CPU."""
     groups = param_groups(model, weight_decay)
-    if fused is None:  # the fused kernel exists for CUDA and (torch >= 2.4) the CPU, where it is 3.7x foreach
+    if fused is None:  # the fused kernel exists for CUDA and (torch >= 2.4) the CPU
         fused = all(p.device.type in ("cuda", "cpu") for g in groups for p in g["params"])
     kwargs = {}
     if fused and "fused" in inspect.signature(torch.optim.AdamW).parameters:

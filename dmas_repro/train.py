@@ -65,7 +65,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
-    fused_adamw: bool | None = None  # None: fused on CUDA and CPU (CPU: 3.7x faster than foreach, BENCHMARKS.md)
+    fused_adamw: bool | None = None  # None: fused (the fused kernel exists for CUDA and the CPU)
     # resume
     restore_optimizer: bool = True  # False: resume weights, schedule and data position with a fresh AdamW
     stretch_lr_on_resume: bool = False  # the authors' code: schedule length += resumed step at every resume
