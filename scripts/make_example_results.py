@@ -136,7 +136,8 @@ Layout (the same as a working directory): `runs/tiny/` (pretraining metrics and 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", help="scratch directory (default: a new temporary one; reuse one to resume)")
+    ap.add_argument("--work", help="scratch directory (default: a new temporary one); with an existing one, "
+                    "commands that finished there are not run again")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {','.join(STAGES)}")
     ap.add_argument("--limit", type=int, default=200, help="HellaSwag items per checkpoint (default 200; 0: all)")
     ap.add_argument("--dest", default=str(REPO / "examples"), help="where the example set goes")
@@ -158,6 +159,9 @@ def main(argv=None) -> int:
     for stage in stages:
         for cmd in commands(limit)[stage]:
             shown = (["dmas-repro"] + cmd[3:]) if cmd[2] == "dmas_repro" else ["python"] + cmd[1:]
+            if any(c["command"] == shown for c in done.get(stage, [])):
+                print(f"\n$ {' '.join(shown)}  (done in an earlier run of this --work directory)", flush=True)
+                continue
             print(f"\n$ {' '.join(shown)}", flush=True)
             t0 = time.time()
             rc = subprocess.run(cmd, cwd=work, env=env).returncode
