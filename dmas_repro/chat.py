@@ -57,6 +57,7 @@ def _cmd_chat(args) -> int:
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                top_p=args.top_p, seed=args.seed)
     if args.prompt is not None:
+        print(f"dmas-repro chat: {where} on {device}", file=sys.stderr)
         stream_answer(model, tok, fmt(args.prompt), **gen)
         print()
         return 0

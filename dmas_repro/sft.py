@@ -140,6 +140,9 @@ class SFTConfig:
 # choice. `paper`: Alpaca-cleaned, LoRA r 16 / alpha 32 / dropout 0.05 on every linear layer,
 # 64 examples per step, 3 epochs, cosine LR 2e-4 -> 2e-5 after 60 warmup steps, no weight decay.
 # `tiny`: the embedded pipeline's stage, about a minute on 2 CPU cores (bundled 999-record sample).
+# It fine-tunes all weights: its 128-step base is close to a unigram model, and LoRA (frozen
+# embeddings and LM head) moved the SFT validation loss by 0.015 in 20 steps where full
+# fine-tuning moved it by 0.34 (README, "Instruction tuning").
 SFT_PRESETS: dict[str, tuple[dict, dict]] = {
     "paper": (
         dict(data=ALPACA_CLEANED, val_size=500, batch_size=64, epochs=3.0),
@@ -148,8 +151,8 @@ SFT_PRESETS: dict[str, tuple[dict, dict]] = {
              sample_every=200, sample_count=1, sample_tokens=128),
     ),
     "tiny": (
-        dict(data=BUNDLED, val_size=64, batch_size=8, epochs=0.4, lora_r=16, lora_alpha=32.0, lora_dropout=0.0),
-        dict(lr=3e-3, min_lr=3e-4, warmup_steps=5, total_steps=0, micro_batch=8, weight_decay=0.0,
+        dict(data=BUNDLED, val_size=64, batch_size=8, epochs=0.4, method="full"),
+        dict(lr=2e-3, min_lr=2e-4, warmup_steps=5, total_steps=0, micro_batch=8, weight_decay=0.0,
              log_every=5, val_every=20, val_batches=8, ckpt_every=0, keep_last=1, milestones="none",
              sample_every=0, sample_count=1, sample_tokens=48),
     ),
@@ -399,6 +402,10 @@ def run_sft(base: str, out: str | os.PathLike, preset: str = "auto", overrides: 
 def sft_stage(ctx):
     """The `sft` stage of `dmas-repro train`: tune the run's newest checkpoint into RUN/sft/."""
     preset = ctx.preset if ctx.preset in SFT_PRESETS else "auto"
+    run_dir = Path(ctx.run_dir)
+    if _newest(run_dir) is None and not (run_dir / "hf").is_dir():
+        raise UserError(f"{run_dir}: no pretraining checkpoint to tune (run the pretrain stage first, "
+                        "or pass --out RUN_DIR of a finished run)")
     return run_sft(str(ctx.run_dir), Path(ctx.run_dir) / "sft", preset, ctx.overrides, device=ctx.device,
                    dtype=ctx.dtype, max_steps=ctx.max_steps, resume=ctx.resume,
                    restore_optimizer=ctx.restore_optimizer)

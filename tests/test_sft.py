@@ -17,7 +17,7 @@ from dmas_repro.tokenizer import EOT, gpt2
 
 MICRO = ModelConfig(n_layer=2, dim=64, n_head=4, n_kv_head=2, ffn_dim=128, context_length=96)
 # A few seconds per run on 2 cores: 64-token examples, 8 validation examples, no HF export.
-FAST = ["export_hf=false", "val_size=8", "max_len=64", "batch_size=4", "micro_batch=2", "val_batches=4",
+FAST = ["method=lora", "export_hf=false", "val_size=8", "max_len=64", "batch_size=4", "micro_batch=2", "val_batches=4",
         "log_every=1", "val_every=0", "warmup_steps=1", "lr=5e-3", "lora_r=4", "lora_alpha=8", "lora_dropout=0.0"]
 
 
@@ -242,7 +242,8 @@ def test_cli_errors_are_one_line(micro_base, tmp_path, capsys):
                  ["sft", "--base", str(tmp_path / "tied"), "--out", str(tmp_path / "o")],
                  ["sft", "--base", str(micro_base), "--out", str(tmp_path / "o"), "lora_rank=8"],
                  ["sft", "--base", str(micro_base), "--out", str(tmp_path / "o"), "seq_len=64"],
-                 ["chat", "--checkpoint", str(tmp_path / "nope"), "--prompt", "hi"]):
+                 ["chat", "--checkpoint", str(tmp_path / "nope"), "--prompt", "hi"],
+                 ["train", "--stages", "sft", "--out", str(tmp_path / "no-run")]):
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "error:" in err[0], err
@@ -275,3 +276,56 @@ def test_chat_prompt_one_shot(micro_base, capsys):
     new = m.generate(ids, 6)[0]
     new = new[: new.index(EOT)] if EOT in new else new
     assert printed == gpt2().decode(new) + "\n"
+
+
+# ---------------------------------------------------------------- the embedded default pipeline (pretrain -> sft)
+def test_default_pipeline_sft_lowers_val_loss(default_run):
+    from dmas_repro.runio import read_metrics
+
+    rows = read_metrics(default_run / "sft" / "metrics.jsonl")
+    vals = [r["val_loss"] for r in rows if r["kind"] == "val"]
+    assert len(vals) >= 3 and vals[-1] < vals[0] - 0.1, vals
+    start = next(r for r in rows if r.get("event") == "start")
+    assert start["stage"] == "sft" and start["method"] == "full" and start["train_examples"] > 0
+    base_dir = json.loads((default_run / "sft" / sft.SFT_CONFIG).read_text())["base_dir"]
+    assert base_dir.endswith(f"checkpoints/{sorted((default_run / 'checkpoints').glob('step_*'))[-1].name}")
+
+
+def test_instruct_export_loads_offline_and_generate_stops_at_endoftext(default_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
+
+    d = default_run / "sft" / "hf"
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModelForCausalLM.from_pretrained(d)
+    assert tok.eos_token_id == EOT and model.generation_config.eos_token_id == EOT
+    # the export is the final SFT checkpoint (merged weights)
+    final = checkpoint.load_model(sorted((default_run / "sft" / "checkpoints").glob("step_*"))[-1])
+    ours, theirs = hf.hf_state_dict(final), model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.items())
+    prompt = sft.chat_prompt("Give three tips for staying healthy.")
+    ids = tok(prompt, return_tensors="pt").input_ids
+    n = ids.shape[1]
+    assert ids[0].tolist() == gpt2().encode(prompt)
+
+    class EndAt(LogitsProcessor):  # make <|endoftext|> the only choice at the 4th new token
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == n + 3:
+                scores = torch.full_like(scores, -float("inf"))
+                scores[:, EOT] = 0.0
+            return scores
+
+    forced = model.generate(ids, max_new_tokens=20, do_sample=False, logits_processor=[EndAt()])[0, n:].tolist()
+    assert len(forced) == 4 and forced[-1] == EOT and EOT not in forced[:-1]
+    free = model.generate(ids, max_new_tokens=48, do_sample=False)[0, n:].tolist()
+    assert EOT not in free[:-1]
+
+
+def test_chat_one_shot_on_the_default_run(default_run, capsys):
+    from transformers import AutoModelForCausalLM
+
+    assert main(["chat", "--checkpoint", str(default_run), "--prompt", "Name a color.", "--max-new-tokens", "24"]) == 0
+    printed = capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(default_run / "sft" / "hf")
+    ids = torch.tensor([gpt2().encode(sft.chat_prompt("Name a color."))])
+    new = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert printed == gpt2().decode([t for t in new if t != EOT]) + "\n"
