@@ -65,9 +65,10 @@ class TrainBenchConfig:
     activation_checkpointing: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
-    offload_idle: bool | None = None  # park the idle family on the CPU between turns (None: on CUDA)
+    offload_idle: bool | None = None  # park the idle family on the CPU between turns (None: GPUs under 100 GiB)
     seed: int = 1337
     peak_flops: float | None = None  # override the device peak used for MFU
+    threads: int | None = None  # torch CPU threads (None: torch's default)
 
     def resolved_device(self) -> str:
         import torch
@@ -179,7 +180,7 @@ def _sync(device: str) -> None:
 
 
 class _PeakRSS:
-    """Samples this process's resident memory every 2 ms while active (CPU peak memory)."""
+    """Samples this process's resident memory every 5 ms while active (CPU peak memory)."""
 
     def __init__(self):
         self.peak = 0
@@ -200,7 +201,7 @@ class _PeakRSS:
         return self
 
     def _run(self):
-        while not self._stop.wait(0.002):
+        while not self._stop.wait(0.005):
             self.peak = max(self.peak, self.rss())
 
     def __exit__(self, *exc):
@@ -355,6 +356,8 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         raise UserError("micro-batch, steps and rounds must be >= 1, warmup >= 0")
     device = bc.resolved_device()
     dtype_name = bc.resolved_dtype(device)
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
     cfg = preset(bc.preset).with_(**bc.model)
     T = bc.seq_len or cfg.context_length
     if T > cfg.context_length:
@@ -376,12 +379,15 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
     batches = [(d[:, :-1].contiguous().to(device), d[:, 1:].contiguous().to(device)) for d in data]
     tokens_per_step = bc.micro_batch * T
 
+    machine = machine_info(device)  # at the start: the load average before our own work
     peak, peak_source = (bc.peak_flops, "given") if bc.peak_flops else device_peak_flops(device, dtype_name)
     log(f"bench train: preset {bc.preset} {bc.model or ''} B={bc.micro_batch} T={T} {dtype_name} on {device}; "
         f"{params / 1e6:.1f}M params, {flops_per_token / 1e6:.1f} MFLOP/token, peak {peak / 1e12:.3f} TFLOP/s "
         f"({peak_source})")
 
-    offload = bc.offload_idle if bc.offload_idle is not None else device.startswith("cuda")
+    offload = bc.offload_idle
+    if offload is None:  # two 1.7B families with AdamW (2 x 27 GB) plus activations do not fit in 80 GB
+        offload = device.startswith("cuda") and torch.cuda.get_device_properties(device).total_memory < 100 * 2**30
     families: dict[tuple, _Family] = {}
     variants, results = [], {}
 
@@ -411,6 +417,7 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         results[name] = {"attention": fam.attn, "ce_chunk_tokens": fam.ce_chunk_tokens,
                          "activation_checkpointing": fam.activation_checkpointing, "fused_adamw": fam.fused_adamw,
                          "warmup_s": round(warm_s, 3), "first_loss": first_loss, "rounds_tokens_per_s": [],
+                         "rounds_tokens_per_cpu_s": [],
                          "peak_mem_bytes": 0}
         log(f"  {name:<13} warm-up {warm_s:.1f}s (loss {first_loss:.4f})")
 
@@ -422,23 +429,25 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
                 torch.cuda.reset_peak_memory_stats(device)
             with _PeakRSS() as mem:
                 _sync(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for inp, tgt in batches[bc.warmup :] if bc.warmup else batches:
                     loss = v.step(inp, tgt)
                 _sync(device)
-                dt = time.perf_counter() - t0
+                dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             res["last_loss"] = loss.item()
             if device.startswith("cuda"):
                 res["peak_mem_bytes"] = max(res["peak_mem_bytes"], torch.cuda.max_memory_allocated(device))
             else:
                 res["peak_mem_bytes"] = max(res["peak_mem_bytes"], mem.peak - mem.start)
             res["rounds_tokens_per_s"].append(round(tokens_per_step * bc.steps / dt, 2))
+            res["rounds_tokens_per_cpu_s"].append(round(tokens_per_step * bc.steps / cpu, 2))
             log(f"  round {r + 1}/{bc.rounds} {v.name:<13} {tokens_per_step * bc.steps / dt:12,.0f} tokens/s")
 
     for res in results.values():
         tps = res["rounds_tokens_per_s"]
         res["tokens_per_s"] = max(tps)
         res["tokens_per_s_median"] = statistics.median(tps)
+        res["tokens_per_cpu_s"] = max(res["rounds_tokens_per_cpu_s"])
         res["mfu"] = res["tokens_per_s"] * flops_per_token / peak
     ours = {k: v["tokens_per_s"] for k, v in results.items() if k.startswith("ours")}
     theirs = {k: v["tokens_per_s"] for k, v in results.items() if k.startswith("hf")}
@@ -448,7 +457,7 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
                    "device": device, "model_config": cfg.to_dict(),
                    "offload_idle": offload},
         "command": _command_line(),
-        "machine": machine_info(device),
+        "machine": {**machine, "load_avg_1m_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "params": params,
         "tokens_per_step": tokens_per_step,
         "flops_per_token": flops_per_token,
@@ -457,25 +466,32 @@ def run_train_bench(bc: TrainBenchConfig, log=print) -> dict:
         "peak_flops": peak,
         "peak_flops_source": peak_source,
         "peak_mem_kind": "torch.cuda.max_memory_allocated" if device.startswith("cuda")
-        else "process RSS increase during the timed steps (sampled every 2 ms)",
+        else "process RSS increase during the timed steps (sampled every 5 ms)",
         "variants": results,
         "best_ours": max(ours, key=ours.get) if ours else None,
         "best_hf": max(theirs, key=theirs.get) if theirs else None,
         "ratio_vs_hf": (max(ours.values()) / max(theirs.values())) if ours and theirs else None,
+        # the same ratio in process CPU time (all threads): steadier than wall time on a shared machine
+        "ratio_vs_hf_cpu_time": (max(results[k]["tokens_per_cpu_s"] for k in ours)
+                                 / max(results[k]["tokens_per_cpu_s"] for k in theirs)) if ours and theirs else None,
     }
     return out
 
 
 def format_train(res: dict) -> str:
     c = res["config"]
+    w = max(13, *(len(k) for k in res["variants"]))
     lines = [f"{c['preset']} {c['model'] or ''} B={c['micro_batch']} T={c['seq_len']} {c['dtype']} on "
              f"{res['machine'].get('gpu') or res['machine']['cpu']} ({res['machine']['device']})",
-             f"{'variant':<13} {'tokens/s':>12} {'median':>12} {'MFU':>7} {'peak mem':>10}  attention"]
+             f"{'variant':<{w}} {'tokens/s':>10} {'median':>10} {'tok/CPU-s':>10} {'MFU':>7} {'peak mem':>10}  "
+             "attention"]
     for name, v in res["variants"].items():
-        lines.append(f"{name:<13} {v['tokens_per_s']:12,.0f} {v['tokens_per_s_median']:12,.0f} "
-                     f"{100 * v['mfu']:6.2f}% {v['peak_mem_bytes'] / 2**20:8.0f}MiB  {v['attention']}")
+        lines.append(f"{name:<{w}} {v['tokens_per_s']:10,.0f} {v['tokens_per_s_median']:10,.0f} "
+                     f"{v['tokens_per_cpu_s']:10,.0f} {100 * v['mfu']:6.2f}% {v['peak_mem_bytes'] / 2**20:7.0f}MiB  "
+                     f"{v['attention']}")
     if res["ratio_vs_hf"] is not None:
-        lines.append(f"ratio_vs_hf = {res['ratio_vs_hf']:.3f} ({res['best_ours']} / {res['best_hf']})")
+        lines.append(f"ratio_vs_hf = {res['ratio_vs_hf']:.3f} ({res['best_ours']} / {res['best_hf']}); "
+                     f"in CPU time {res['ratio_vs_hf_cpu_time']:.3f}")
     return "\n".join(lines)
 
 
@@ -514,6 +530,7 @@ class EvalBenchConfig:
     val_batch_sizes: tuple[int, ...] = (1, 4, 16)
     lmeval_batch_sizes: tuple[int, ...] = (1, 8, 32)
     hellaswag_limit: int = 50  # items of the bundled HellaSwag slice (lm-eval, offline)
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     parts: tuple[str, ...] = ("val", "lmeval")
     seed: int = 1337
 
@@ -533,6 +550,8 @@ def run_eval_bench(ec: EvalBenchConfig, log=print) -> dict:
     if bad or not ec.parts:
         raise UserError(f"--parts {','.join(ec.parts)}: choose from val,lmeval")
     device = TrainBenchConfig(device=ec.device).resolved_device()
+    if ec.threads:
+        torch.set_num_threads(ec.threads)
     out: dict = {"benchmark": "eval", "config": {**asdict(ec), "device": device}, "command": _command_line(),
                  "machine": machine_info(device)}
     with tempfile.TemporaryDirectory(prefix="dmas-bench-eval-") as tmp:
@@ -584,6 +603,13 @@ def run_eval_bench(ec: EvalBenchConfig, log=print) -> dict:
                              "loss": r["loss"], "n_tokens": r["n_tokens"], "seq_len": r["seq_len"]})
                 log(f"  val loss  batch {bs:>3}: {dt:7.2f}s  {r['n_tokens'] / dt:10,.0f} tokens/s  "
                     f"loss {r['loss']:.4f}")
+                if model.cfg.vocab_size == 50257:  # exact vocab: the fused loss computes the same number
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    fused = fused_val_loss(model, vt.windows(r["seq_len"]), bs, device)
+                    _sync(device)
+                    rows[-1].update(fused_seconds=time.perf_counter() - t0, fused_loss=fused)
+                    log(f"            fused CE: {rows[-1]['fused_seconds']:7.2f}s  loss {fused:.4f}")
             best = min(rows, key=lambda x: x["seconds"])
             out["val"] = {"source": vt.source, "by_batch_size": rows, "best_batch_size": best["batch_size"],
                           "seconds_per_checkpoint": out["load_s"] + best["seconds"]}
@@ -614,7 +640,28 @@ def run_eval_bench(ec: EvalBenchConfig, log=print) -> dict:
             out["lmeval"] = {"task": "hellaswag_dev", "limit": ec.hellaswag_limit, "dtype": dtype,
                              "backend": "lm-eval HFLM", "by_batch_size": rows,
                              "best_batch_size": max(rows, key=lambda x: x["requests_per_s"])["batch_size"]}
+    out["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return out
+
+
+def fused_val_loss(model, windows, batch_size: int, device) -> float:
+    """Mean next-token loss over `windows` ([n, T+1] token ids) through the model's fused chunked
+    cross-entropy (no full logits). Equals valloss.val_loss when the model's vocab is exactly 50257."""
+    import numpy as np
+    import torch
+
+    from .model import default_ce_chunk_tokens
+
+    old, model.ce_chunk_tokens = model.ce_chunk_tokens, default_ce_chunk_tokens(str(device).split(":")[0])
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(windows), batch_size):
+                w = torch.from_numpy(windows[i : i + batch_size].astype(np.int64)).to(device)
+                total += model(w[:, :-1], targets=w[:, 1:]).double() * w[:, 1:].numel()
+    finally:
+        model.ce_chunk_tokens = old
+    return total.item() / (windows.shape[0] * (windows.shape[1] - 1))
 
 
 def format_eval(res: dict) -> str:
@@ -634,22 +681,27 @@ def format_eval(res: dict) -> str:
 def markdown(res: dict) -> str:
     """A BENCHMARKS.md section for one result JSON (train or eval)."""
     m = res["machine"]
-    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} threads"
+    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} torch thread{'s' if m['cpu_threads'] != 1 else ''}"
     versions = f"torch {m['torch']}, transformers {m.get('transformers', '-')}, Python {m['python']}"
-    load = f"; 1-min load average at start {m['load_avg_1m']:.2f}" if m.get("load_avg_1m") is not None else ""
+    load = ""
+    if m.get("load_avg_1m_end") is not None:
+        load = f"; 1-min load average {m['load_avg_1m']:.1f} at the start, {m['load_avg_1m_end']:.1f} at the end"
+    elif m.get("load_avg_1m") is not None:
+        load = f"; 1-min load average {m['load_avg_1m']:.1f} at the end"
     head = [f"Command: `{res.get('command', '?')}`  ", f"Machine: {where} ({m['device']}); {versions}; "
             f"{m.get('time', '')}{load}", ""]
     if res["benchmark"] == "train":
         c = res["config"]
-        over = " ".join(f"{k}={v}" for k, v in (c["model"] or {}).items())
-        lines = [f"#### Training steps: preset `{c['preset']}` {over}, micro-batch {c['micro_batch']}, "
+        over = "".join(f" {k}={v}" for k, v in (c["model"] or {}).items())
+        lines = [f"#### Training steps: preset `{c['preset']}`{over}, micro-batch {c['micro_batch']}, "
                  f"seq {c['seq_len']}, {c['dtype']}", ""] + head
-        lines += ["| variant | tokens/s (best) | tokens/s (median) | MFU | peak memory | attention | CE chunk "
-                  "| act. ckpt | AdamW |", "|---|---:|---:|---:|---:|---|---:|---|---|"]
+        lines += ["| variant | tokens/s (best) | tokens/s (median) | tokens per CPU-s | MFU | peak memory | attention "
+                  "| CE chunk | act. ckpt | AdamW |", "|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
         for name, v in res["variants"].items():
             ce = "-" if v["ce_chunk_tokens"] is None else v["ce_chunk_tokens"] or "off (plain)"
             lines.append(f"| {name} | {v['tokens_per_s']:,.0f} | {v['tokens_per_s_median']:,.0f} | "
-                         f"{100 * v['mfu']:.1f}% | {v['peak_mem_bytes'] / 2**20:,.0f} MiB | {v['attention']} | {ce} | "
+                         f"{v.get('tokens_per_cpu_s', 0):,.0f} | {100 * v['mfu']:.1f}% | "
+                         f"{v['peak_mem_bytes'] / 2**20:,.0f} MiB | {v['attention']} | {ce} | "
                          f"{'on' if v['activation_checkpointing'] else 'off'} | "
                          f"{'fused' if v['fused_adamw'] else 'foreach'} |")
         lines += ["", f"{c['rounds']} rounds x {c['steps']} timed steps per variant (in turn) after {c['warmup']} "
@@ -657,7 +709,9 @@ def markdown(res: dict) -> str:
                   f"MFLOP/token ({res['flop_convention']}) against {res['peak_flops'] / 1e12:.3f} TFLOP/s "
                   f"({res['peak_flops_source']}). Peak memory: {res['peak_mem_kind']}."]
         if res["ratio_vs_hf"] is not None:
-            lines.append(f"**ratio_vs_hf = {res['ratio_vs_hf']:.2f}** ({res['best_ours']} / {res['best_hf']}).")
+            cpu = res.get("ratio_vs_hf_cpu_time")
+            lines.append(f"**ratio_vs_hf = {res['ratio_vs_hf']:.2f}** ({res['best_ours']} / {res['best_hf']}, "
+                         f"best wall-clock tokens/s of each)" + (f"; in CPU time {cpu:.2f}." if cpu else "."))
         return "\n".join(lines) + "\n"
     lines = [f"#### Evaluation of one checkpoint: {res['checkpoint']}", ""] + head
     lines.append(f"Load (`hf.from_hf`, {res.get('dtype')}, as eval-all-checkpoints does): {res['load_s']:.2f} s.")
@@ -665,8 +719,13 @@ def markdown(res: dict) -> str:
         v = res["val"]
         lines += ["", f"Validation loss (`valloss.val_loss`, {v['by_batch_size'][0]['n_tokens']:,} tokens of "
                   f"{v['source']}, seq {v['by_batch_size'][0]['seq_len']}):", "",
-                  "| batch size | seconds | tokens/s |", "|---:|---:|---:|"]
-        lines += [f"| {r['batch_size']} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} |" for r in v["by_batch_size"]]
+                  "| batch size | seconds | tokens/s | fused CE seconds | loss | fused CE loss |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in v["by_batch_size"]:
+            fs, fl = r.get("fused_seconds"), r.get("fused_loss")
+            lines.append(f"| {r['batch_size']} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | "
+                         f"{'-' if fs is None else f'{fs:.2f}'} | {r['loss']:.5f} | "
+                         f"{'-' if fl is None else f'{fl:.5f}'} |")
         lines += ["", f"Seconds per checkpoint (load + best batch size): **{v['seconds_per_checkpoint']:.2f}**."]
     if "lmeval" in res:
         e = res["lmeval"]
@@ -701,7 +760,7 @@ def _cmd_train(args) -> int:
         variants=tuple(v for v in args.variants.split(",") if v), device=args.device, dtype=args.dtype,
         ce_chunk_tokens=args.ce_chunk_tokens, activation_checkpointing=args.activation_checkpointing,
         compile_mode=args.compile_mode, compile_backend=args.compile_backend, seed=args.seed,
-        peak_flops=args.peak_flops, offload_idle=args.offload_idle,
+        peak_flops=args.peak_flops, offload_idle=args.offload_idle, threads=args.threads,
     )
     res = run_train_bench(bc)
     print(format_train(res))
@@ -728,7 +787,8 @@ def add_train_arguments(p) -> None:
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default, max-autotune, ...)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: trace only)")
     p.add_argument("--offload-idle", action=argparse.BooleanOptionalAction, default=None,
-                   help="park the idle model + optimizer on the CPU between turns (default: on CUDA)")
+                   help="park the idle model + optimizer on the CPU between turns (default: GPUs under 100 GiB)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: table "
                    "for known GPUs in bf16, else a measured matmul peak)")
@@ -751,6 +811,7 @@ def _cmd_eval(args) -> int:
         val_data=args.val_data, val_tokens=args.val_tokens, val_seq_len=args.val_seq_len,
         val_batch_sizes=_ints_arg(args.val_batch_sizes), lmeval_batch_sizes=_ints_arg(args.lmeval_batch_sizes),
         hellaswag_limit=args.hellaswag_limit, parts=tuple(p for p in args.parts.split(",") if p),
+        threads=args.threads,
     )
     res = run_eval_bench(ec)
     print(format_eval(res))
@@ -771,6 +832,7 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--lmeval-batch-sizes", default="1,8,32")
     p.add_argument("--hellaswag-limit", type=int, default=50, help="items of the bundled HellaSwag slice")
     p.add_argument("--parts", default="val,lmeval", help="comma list: val, lmeval")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
 
 

@@ -205,6 +205,7 @@ def test_bench_eval_and_report(tmp_path, capsys):
     assert [r["batch_size"] for r in v["by_batch_size"]] == [1, 3]
     assert all(r["n_tokens"] == 256 and r["seconds"] > 0 for r in v["by_batch_size"])  # 4 windows of 64
     assert abs(v["by_batch_size"][0]["loss"] - v["by_batch_size"][1]["loss"]) < 1e-5  # batching changes nothing
+    assert all(abs(r["fused_loss"] - r["loss"]) < 1e-5 for r in v["by_batch_size"])  # exact vocab: same loss
     assert v["seconds_per_checkpoint"] >= res["load_s"] > 0
     (e,) = res["lmeval"]["by_batch_size"]
     assert e["items"] == 3 and e["requests"] == 12 and e["requests_per_s"] > 0  # 4 endings per item
