@@ -388,6 +388,10 @@ def run_world_size(ab: WorldSizeAblation, out: str | os.PathLike, quiet: bool = 
     return summary
 
 
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else abs(a - b)
+
+
 def summarize_world_size(out: Path, ab: WorldSizeAblation) -> dict:
     """Loss agreement with the 1-process continuation and tokens/s per segment, from the metrics."""
     from analysis import ablation
@@ -416,6 +420,7 @@ def summarize_world_size(out: Path, ab: WorldSizeAblation) -> dict:
             "same_batch_max_abs_diff": agree["max_abs_diff"], "same_batch_mean_abs_diff": agree["mean_abs_diff"],
             "same_batch_steps_compared": agree["n_steps"],
             "same_batch_within_tolerance": bool(agree["max_abs_diff"] <= ab.tolerance),
+            "same_batch_final_val_diff": _diff(by[same]["final_val_loss"], by[one]["final_val_loss"]),
             "double_batch_max_abs_diff": dbl["max_abs_diff"], "double_batch_mean_abs_diff": dbl["mean_abs_diff"],
             f"speedup_{n}_vs_1": (tn / t1) if t1 and tn else None,
             "segments": segments}
@@ -454,7 +459,9 @@ def _cmd_world_size(args) -> int:
         return 130
     print(f"world-size ablation (continue from step {s['start_step']} to {s['end_step']}): {out / SUMMARY}")
     print(f"  same global batch on {s['processes']} processes: max |loss diff| {s['same_batch_max_abs_diff']:.2e} "
-          f"(tolerance {s['tolerance']:g}: {'ok' if s['same_batch_within_tolerance'] else 'EXCEEDED'})")
+          f"(tolerance {s['tolerance']:g}: {'ok' if s['same_batch_within_tolerance'] else 'EXCEEDED'})"
+          + ("" if s.get("same_batch_final_val_diff") is None
+             else f"; final |val loss diff| {s['same_batch_final_val_diff']:.2e}"))
     for seg in s["segments"]:
         tps = seg["tokens_per_s_median"]
         print(f"  {seg['run']:<27} world {seg['world_size']} batch {seg['global_batch_tokens']:>7} tokens  "

@@ -95,16 +95,17 @@ class TokenBatches:
 
 
 def eval_batches(tokens, seq_len: int, micro_batch: int, n_batches: int, rank: int = 0, world_size: int = 1):
-    """The fixed validation micro-batches of this rank: the first n_batches * world windows, strided."""
+    """This rank's share of the fixed validation set: the first n_batches x micro_batch windows, cut
+    into n_batches micro-batches; micro-batch k goes to rank k % world_size. The set does not depend
+    on the world size, so a run's validation loss is comparable across world sizes and resumes."""
     n_windows = (len(tokens) - 1) // seq_len
-    total = n_batches * world_size * micro_batch
-    if n_windows < total:
-        n_batches = n_windows // (world_size * micro_batch)
+    if n_windows < n_batches * micro_batch:
+        n_batches = n_windows // micro_batch
         if n_batches == 0:
             raise UserError(f"validation split of {len(tokens):,} tokens is shorter than one batch of "
-                            f"{world_size * micro_batch} x {seq_len} tokens")
-    for b in range(n_batches):
-        first = (b * world_size + rank) * micro_batch
+                            f"{micro_batch} x {seq_len} tokens")
+    for b in range(rank, n_batches, world_size):
+        first = b * micro_batch
         buf = np.stack([np.asarray(tokens[i * seq_len : i * seq_len + seq_len + 1])
                         for i in range(first, first + micro_batch)]).astype(np.int64)
         t = torch.from_numpy(buf)

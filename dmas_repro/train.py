@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = 1337
     log_every: int = 1
     val_every: int = 250  # 0: only at the start and the end
-    val_batches: int = 20  # micro-batches per rank per validation
+    val_batches: int = 20  # validation micro-batches in all (shared among the ranks; the same set at any world size)
     ckpt_every: int = 1000  # 0: only milestones and the end
     keep_last: int = 2  # newest checkpoints kept with their full state (resume points)
     milestone_optimizer: bool = False  # keep optimizer state in older milestone checkpoints too (2x weights)

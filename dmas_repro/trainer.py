@@ -140,14 +140,14 @@ def build_pretrain(ctx: LoopContext) -> Workload:
 
     @torch.no_grad()
     def evaluate(m: torch.nn.Module, lctx: LoopContext) -> dict:
-        total = torch.zeros((), device=lctx.device)
-        n = 0
+        total = torch.zeros(2, device=lctx.device)  # (sum of micro-batch mean losses, micro-batches), all ranks
         for batch in eval_batches(val_tokens, lctx.seq_len, cfg.micro_batch, cfg.val_batches, info.rank,
                                   info.world_size):
             with lctx.autocast():
-                total += lm_loss(m, batch_to(batch, lctx.device)).float()
-            n += 1
-        return {"val_loss": D.all_reduce_mean(total / n, info).item()}
+                loss = lm_loss(m, batch_to(batch, lctx.device)).float()
+            total += torch.stack([loss, torch.ones((), device=lctx.device)])
+        total = D.all_reduce_mean(total, info)  # the ratio of the means is the ratio of the sums
+        return {"val_loss": (total[0] / total[1]).item()}
 
     return Workload(model=model, train_batches=batches, tokens_per_step=cfg.global_batch_tokens,
                     evaluate=evaluate, flops_per_token=model.flops_per_token(ctx.seq_len),

@@ -86,6 +86,7 @@ def test_world_size_same_global_batch_matches_one_process(tmp_path, data_dir):
     s = run_world_size(ab, tmp_path / "ws", quiet=True, log=quiet)
     assert s["ablation"] == "world-size" and s["same_batch_steps_compared"] == 3
     assert s["same_batch_max_abs_diff"] <= 1e-5 and s["same_batch_within_tolerance"] is True
+    assert s["same_batch_final_val_diff"] is not None and s["same_batch_final_val_diff"] <= 1e-4  # same val set
     seg = {x["run"]: x for x in s["segments"]}
     assert seg["world_size_1"]["world_size"] == 1 and seg["world_size_1"]["grad_accum"] == 2
     assert seg["world_size_2"]["world_size"] == 2 and seg["world_size_2"]["grad_accum"] == 1

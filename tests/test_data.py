@@ -261,5 +261,14 @@ def test_loader_epochs_visit_every_window_once():
     firsts = [int(x[i, 0]) // 8 for _ in range(8) for x, _ in [src.next_batch()] for i in range(3)]
     assert sorted(firsts[:12]) == list(range(12)) and sorted(firsts[12:]) == list(range(12))
     assert firsts[:12] != firsts[12:]  # a new permutation per epoch
-    val = list(eval_batches(tokens, 8, 2, 2, rank=1, world_size=2))
-    assert [int(x[0, 0]) // 8 for x, _ in val] == [2, 6]
+
+def test_validation_set_does_not_depend_on_the_world_size():
+    tokens = np.arange(1 + 8 * 12, dtype=np.uint16)  # 12 windows of 8
+    windows = lambda bs: sorted(int(x[i, 0]) // 8 for x, _ in bs for i in range(x.shape[0]))  # noqa: E731
+    one = windows(eval_batches(tokens, 8, 2, 3))
+    assert one == [0, 1, 2, 3, 4, 5]  # the first 3 micro-batches of 2 windows
+    for world in (2, 3, 4):
+        shares = [windows(eval_batches(tokens, 8, 2, 3, rank=r, world_size=world)) for r in range(world)]
+        assert sorted(w for s in shares for w in s) == one, (world, shares)
+    assert windows(eval_batches(tokens, 8, 2, 3, rank=1, world_size=2)) == [2, 3]
+    assert windows(eval_batches(tokens, 8, 2, 50)) == list(range(12))  # capped at the split's windows

@@ -158,6 +158,8 @@ def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel):
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     for s in (4, 5, 6):
         assert abs(got[s] - ref[s]) < 1e-5, (s, got[s], ref[s])
+    rv, gv = _losses(reference, "val", "val_loss"), _losses(out, "val", "val_loss")
+    assert 6 in gv and abs(gv[6] - rv[6]) < 5e-4, (gv, rv)  # the same validation set on 2 processes
     ev = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "resume"][0]
     assert ev["world_size"] == 2 and ev["grad_accum"] == 2
     st = tc.read_trainer_state(tc.newest_checkpoint(out))
