@@ -60,6 +60,15 @@ def commands(limit: int | None) -> dict[str, list[list[str]]]:
     }
 
 
+def _commit() -> str | None:
+    """The repository's commit now (each command records the one it ran at; a reused --work
+    directory can hold commands run at different commits)."""
+    sys.path.insert(0, str(REPO))
+    from dmas_repro.runio import git_commit
+
+    return git_commit()
+
+
 def sha256(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
@@ -110,7 +119,8 @@ def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | No
             if row.get("kind") == "event" and row.get("params"):
                 params = f"{row['params'] / 1e6:.1f}M-parameter"
                 break
-    rows = "\n".join(f"| `{' '.join(c['command'])}` | {c['seconds']:.0f} |" for c in log)
+    rows = "\n".join(f"| `{' '.join(c['command'])}` | {c['seconds']:.0f} | `{(c.get('git_commit') or '?')[:12]}` |"
+                     for c in log)
     (dest / "README.md").write_text(f"""# Example results (made by `make example-results`)
 
 Real outputs of the tiny pipeline, run end to end on a CPU by `scripts/make_example_results.py`;
@@ -120,11 +130,11 @@ bundled corpus, so the benchmark accuracies sit near chance: they show the *pipe
 numbers (evaluate the released checkpoints on a GPU for those).
 
 - machine: {info['machine']}; Python {info['python']}, torch {info['torch']}
-- git commit: `{info['git_commit']}`; made {info['made']}
+- collected at git commit `{info['git_commit']}`, {info['made']}; each command's own commit in the table
 - {len(files)} files, {size / 1e6:.2f} MB; sha256 of each in `manifest.json`. Checkpoint weights are not shipped.
 
-| command (in a scratch directory) | wall seconds |
-|---|---|
+| command (in a scratch directory) | wall seconds | at commit |
+|---|---|---|
 {rows}
 
 Layout (the same as a working directory): `runs/tiny/` (pretraining metrics and config),
@@ -171,8 +181,8 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return rc
             done.setdefault(stage, [])
-            done[stage] = [c for c in done[stage] if c["command"] != shown] + [{"command": shown,
-                                                                               "seconds": round(dt, 1)}]
+            done[stage] = [c for c in done[stage] if c["command"] != shown] + [
+                {"command": shown, "seconds": round(dt, 1), "git_commit": _commit()}]
             log_file.write_text(json.dumps(done, indent=2))
     log = [c for s in STAGES for c in done.get(s, [])]
     dest = Path(args.dest)

@@ -87,19 +87,20 @@ def test_missing_inputs_skip_with_the_command_to_run(tmp_path):
 
 
 def test_make_figures_target(tmp_path):
-    """`make figures` with the shipped examples: exit 0; with the example set present, the full set builds."""
+    """`make figures` with the shipped examples: every entry builds but the overlay on the released suite
+    (its inputs need a GPU evaluation of the released checkpoints), which is skipped with its message."""
     out = tmp_path / "out"
     r = subprocess.run(["make", "-s", "figures", f"FIGURES_ARGS=--examples --out {out} --n-boot 20"], cwd=REPO,
                        capture_output=True, text=True, timeout=600, env=_env())
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "build.json").read_text())
-    assert report["failed"] == {} and "architecture" in report["built"]
-    if (REPO / "examples" / "results").is_dir():
-        kinds = {e.name: e.kind for e in MANIFEST}
-        built = report["built"]
-        assert sum(kinds[n] == "figure" for n in built) >= 6 and sum(kinds[n] == "table" for n in built) >= 2
-    else:
-        assert "make example-results" in r.stdout
+    assert report["failed"] == {}
+    assert set(report["built"]) == {e.name for e in MANIFEST} - {"rerun_overlay"}, report
+    assert "rerun_overlay" in report["skipped"] and "eval-all-checkpoints" in r.stdout
+    for e in MANIFEST:
+        if e.name in report["built"]:
+            exts = ("png", "pdf") if e.kind == "figure" else ("md", "tex", "csv")
+            assert all((out / f"{e.name}.{x}").stat().st_size > 0 for x in exts), e.name
 
 
 def _env():
