@@ -99,13 +99,12 @@ def collect(work: Path, dest: Path) -> list[Path]:
     return [dest / f.relative_to(work) for f in files]
 
 
-def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | None) -> None:
+def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | None, commit: str | None) -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from dmas_repro.runio import git_commit
 
-    info = {"git_commit": git_commit(), "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
+    info = {"git_commit": commit, "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
             "python": platform.python_version(), "torch": torch.__version__, "eval_limit": limit,
             "made": time.strftime("%Y-%m-%d %H:%M %Z"), "commands": log,
             "files": {str(f.relative_to(dest)): sha256(f) for f in files}}
@@ -163,6 +162,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     print(f"scratch directory: {work}")
+    started_at = _commit()  # before examples/ is rewritten (which would make the tree dirty)
     log_file = work / ".make_example_results.json"  # stages already run in this scratch dir (with --work)
     done = json.loads(log_file.read_text()) if log_file.is_file() else {}
     limit = args.limit or None
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     log = [c for s in STAGES for c in done.get(s, [])]
     dest = Path(args.dest)
     files = collect(work, dest)
-    write_readme(dest, log, files, limit)
+    write_readme(dest, log, files, limit, started_at)
     print(f"\nwrote {len(files)} files into {dest}")
     if not args.keep_work and not args.work:
         shutil.rmtree(work, ignore_errors=True)
