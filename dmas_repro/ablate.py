@@ -260,6 +260,16 @@ def _write_summary(out: Path, summary: dict) -> Path:
     return out / SUMMARY
 
 
+def _finish(out: Path, summary: dict, machine: dict, wall: dict, t_all: float, cfg) -> dict:
+    """Add the machine (load at the end), wall times and training config; write summary.json."""
+    summary["machine"] = {**machine, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)
+                          if hasattr(os, "getloadavg") else None}
+    summary["wall_s"] = {**{k: round(v, 1) for k, v in wall.items()}, "total": round(time.perf_counter() - t_all, 1)}
+    summary["train_config"] = cfg.to_dict()
+    _write_summary(out, summary)
+    return summary
+
+
 # ---------------------------------------------------------------- ablate resume
 def run_resume(ab: ResumeAblation, out: str | os.PathLike, quiet: bool = False, log=None) -> dict | None:
     """Run the resume ablation into `out`; returns the summary (None when stopped by a signal)."""
@@ -292,13 +302,7 @@ def run_resume(ab: ResumeAblation, out: str | os.PathLike, quiet: bool = False, 
         if launch(dataclasses.replace(cfg, milestones="", keep_last=1, **flags), d, quiet=quiet):
             return None
         wall[name] = time.perf_counter() - t0
-    summary = summarize_resume(out, ab)
-    summary["machine"] = {**machine, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)
-                          if hasattr(os, "getloadavg") else None}
-    summary["wall_s"] = {**{k: round(v, 1) for k, v in wall.items()}, "total": round(time.perf_counter() - t_all, 1)}
-    summary["train_config"] = cfg.to_dict()
-    _write_summary(out, summary)
-    return summary
+    return _finish(out, summarize_resume(out, ab), machine, wall, t_all, cfg)
 
 
 def summarize_resume(out: Path, ab: ResumeAblation) -> dict:
@@ -378,14 +382,8 @@ def run_world_size(ab: WorldSizeAblation, out: str | os.PathLike, quiet: bool = 
         if launch(c, d, world=world, threads=threads if world > 1 else 0, quiet=quiet):
             return None
         wall[name] = time.perf_counter() - t0
-    summary = summarize_world_size(out, ab)
-    summary["threads_per_process"] = threads or None
-    summary["machine"] = {**machine, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)
-                          if hasattr(os, "getloadavg") else None}
-    summary["wall_s"] = {**{k: round(v, 1) for k, v in wall.items()}, "total": round(time.perf_counter() - t_all, 1)}
-    summary["train_config"] = cfg.to_dict()
-    _write_summary(out, summary)
-    return summary
+    summary = {**summarize_world_size(out, ab), "threads_per_process": threads or None}
+    return _finish(out, summary, machine, wall, t_all, cfg)
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
