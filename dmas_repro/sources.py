@@ -354,7 +354,9 @@ class Fetcher:
         else:
             self.log(f"{ck.label}: the Hub cannot be reached; using the local cache (hashes not checked)")
         revision = meta.commit if (meta is not None and meta.commit) else ck.revision
-        self.log(f"{ck.label}: downloading {ck.repo_id}" + (f"@{revision}" if revision else ""))
+        if meta is not None:
+            self.log(f"{ck.label}: {'checking' if was_cached else 'downloading'} {ck.repo_id}"
+                     + (f"@{revision}" if revision else ""))
         path = hub.download(ck.repo_id, revision=revision, cache_dir=self.cache_dir)
         shas = weight_shas(path)
         verified = False
