@@ -9,6 +9,14 @@ from analysis import probes
 from .core import Skip
 
 
+def _shown(prompt, n: int = 40) -> str:
+    """The prompt as a column title: the user's message of a chat-formatted prompt, first n characters."""
+    text = str(prompt)
+    if "USER:" in text:
+        text = text.split("USER:", 1)[1].rsplit("ASSISTANT:", 1)[0]
+    return " ".join(text.split())[:n]
+
+
 def table(ctx, max_chars: int = 110) -> pd.DataFrame:
     pr = ctx.probes()
     mode = "greedy" if (pr["mode"] == "greedy").any() else pr["mode"].iloc[0]
@@ -24,8 +32,10 @@ def table(ctx, max_chars: int = 110) -> pd.DataFrame:
     tab = probes.output_table(pr, mode=mode, prompt_ids=ids, max_chars=max_chars)
     if tab.empty:
         raise Skip("no probe outputs to tabulate")
-    prompts = pr.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]
-    tab.columns = [f"{p}: {' '.join(str(prompts.get(p, '')).split())[:40]}" for p in tab.columns]
+    # the base model's prompt names the column ("base" sorts first); an instruct-only prompt is shown
+    # without the chat template around it
+    prompts = pr.sort_values("kind", kind="stable").drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]
+    tab.columns = [f"{p}: {_shown(prompts.get(p, ''))}" for p in tab.columns]
     tab.index.name = "checkpoint"
     return tab.fillna("")
 
