@@ -49,12 +49,14 @@ def plot(ctx):
             a = g.set_index("step")["loss"]
             common = a.index.intersection(b.index)
             if len(common):  # equal losses are drawn at the 1e-9 floor of the log axis
-                diff = (a.loc[common] - b.loc[common]).abs().clip(lower=1e-9)
-                axes[0, 1].plot(common, diff.to_numpy(), color=colors[r], label=f"{label[r]}: max {diff.max():.2g}")
+                raw = (a.loc[common] - b.loc[common]).abs()
+                shown = "0 (identical)" if raw.max() == 0 else f"{raw.max():.2g}"
+                axes[0, 1].plot(common, raw.clip(lower=1e-9).to_numpy(), color=colors[r],
+                                label=f"{label[r]}: max {shown}")
     if start is not None:
         axes[0, 0].axvline(start, color="k", lw=0.6, ls=":")
     axes[0, 0].set(xlabel="step", ylabel="training loss", title="loss per run")
-    axes[0, 0].legend(fontsize=6)
+    axes[0, 0].legend(fontsize=6, loc="upper right")
     axes[0, 1].set_yscale("log")
     axes[0, 1].set(xlabel="step", ylabel=f"|loss - {label[base]} loss|", title="agreement with 1 process")
     axes[0, 1].legend(fontsize=6)
@@ -62,7 +64,7 @@ def plot(ctx):
     med = [t["tokens_per_s_median"].iloc[0] if len(t) else np.nan for t in tp]
     x = np.arange(len(runs))
     axes[0, 2].bar(x, med, color=[colors[r] for r in runs])
-    axes[0, 2].set_xticks(x, [label[r] for r in runs], rotation=20, ha="right", fontsize=6)
+    axes[0, 2].set_xticks(x, [label[r] for r in runs], rotation=30, ha="right", fontsize=6)
     axes[0, 2].set(ylabel="tokens/s (median)", title="throughput per run")
     fig.tight_layout()
     return fig
