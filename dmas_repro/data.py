@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .runio import atomic_write_text, check_free_space
+from .runio import atomic_write_text, check_free_space, file_sha256
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress.json"
@@ -110,7 +110,7 @@ class LocalFiles(DocStream):
         self.docs = 0
         self.description = {
             "source": label,
-            "files": [{"name": f.name, "bytes": f.stat().st_size, "sha256": _sha256_file(f)} for f in files],
+            "files": [{"name": f.name, "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files],
         }
 
     def _all(self) -> Iterator[str]:
@@ -528,17 +528,9 @@ def verify(data_dir: str | os.PathLike) -> dict:
     man = read_manifest(d)
     for split in SPLITS:
         for sh in man["shards"].get(split, []):
-            if _sha256_file(d / sh["file"]) != sh["sha256"]:
+            if file_sha256(d / sh["file"]) != sh["sha256"]:
                 raise UserError(f"{d / sh['file']}: sha256 differs from {MANIFEST} (corrupt shard)")
     return man
-
-
-def _sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- command line

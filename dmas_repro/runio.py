@@ -5,6 +5,7 @@ provenance (git commit), and a Ctrl-C / SIGTERM guard that lets a loop stop at a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -137,6 +138,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """sha256 of a file, read in 16 MiB blocks (shards and weight files can be GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def git_commit() -> str | None:

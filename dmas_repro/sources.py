@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import checkpoint, hf, hub
 from .errors import UserError
-from .runio import check_free_space
+from .runio import check_free_space, file_sha256
 
 REGISTRY = Path(__file__).parent / "assets" / "released_checkpoints.csv"
 KINDS = ("base", "instruct")
@@ -214,14 +214,6 @@ def parse_size(s: str | None) -> int | None:
 
 
 # ---------------------------------------------------------------- hashing
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_sha(weight_shas: dict[str, str]) -> str:
     """One hash of a model's weights: sha256 over "name sha256" lines of its safetensors files."""
     text = "".join(f"{name} {sha}\n" for name, sha in sorted(weight_shas.items()))

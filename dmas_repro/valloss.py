@@ -80,12 +80,13 @@ def val_loss(model, vt: ValTokens, seq_len: int | None = None, batch_size: int =
                         "pass a smaller --val-seq-len")
     windows = vt.windows(seq_len)
     model.eval()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # read once at the end: no sync per batch
     for i in range(0, len(windows), batch_size):
         w = torch.from_numpy(windows[i: i + batch_size].astype(np.int64)).to(device)
         logits = model(w[:, :-1])[..., :N_VOCAB].float()
         total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
-                                                   reduction="sum").item()
+                                                   reduction="sum")
+    total = total.item()
     n_tokens = windows.shape[0] * seq_len
     n_bytes = int(token_bytes()[windows[:, 1:].astype(np.int64)].sum())
     return {

@@ -13,7 +13,6 @@ of Markdown/LaTeX tables, and a sidecar `NAME.provenance.json`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 import analysis
 from analysis.io import Inputs
+from dmas_repro.runio import file_sha256
 
 RUN_TRAIN = "`dmas-repro train` (or `make example-results`)"
 RUN_EVAL = ("`dmas-repro eval-all-checkpoints --checkpoints runs/tiny --suite offline` "
@@ -32,14 +32,6 @@ RUN_ABLATE = "`dmas-repro ablate {kind}`"
 
 class Skip(Exception):
     """An input of this figure is missing; the message names what to run."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -80,7 +72,7 @@ class Context:
             for f in files:
                 f = f.resolve()
                 if f not in self._hashes:
-                    self._hashes[f] = _sha256(f)
+                    self._hashes[f] = file_sha256(f)
                 try:
                     key = str(f.relative_to(self.inputs.root))
                 except ValueError:

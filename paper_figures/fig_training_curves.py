@@ -8,6 +8,22 @@ from . import style
 from .core import Skip
 
 
+def _losses(ax, train, val, x: str) -> list:
+    """Each run's raw and smoothed training loss and its validation points against column x;
+    returns (colour, run, training rows) per run."""
+    runs = sorted(train["run"].unique())
+    out = []
+    for c, run in zip(style.colors(len(runs)), runs):
+        t = train[train["run"] == run]
+        ax.plot(t[x], t["loss"], color=c, alpha=0.25, lw=0.8)
+        ax.plot(t[x], t["loss_smooth"], color=c, label=f"{run} train (EMA)")
+        v = val[val["run"] == run] if not val.empty else val
+        if not v.empty:
+            ax.plot(v[x], v["val_loss"], "o--", color=c, ms=3, lw=1, label=f"{run} validation")
+        out.append((c, run, t))
+    return out
+
+
 def plot(ctx):
     pre = training.curves(ctx.runs(sft=False))
     try:
@@ -20,14 +36,7 @@ def plot(ctx):
     ncols = 3 if sft is not None and not sft["train"].empty else 2
     fig, axes = style.figure(ncols=ncols, height=2.6)
     ax, ax_lr = axes[0, 0], axes[0, 1]
-    runs = sorted(train["run"].unique())
-    for c, run in zip(style.colors(len(runs)), runs):
-        t = train[train["run"] == run]
-        ax.plot(t["tokens"], t["loss"], color=c, alpha=0.25, lw=0.8)
-        ax.plot(t["tokens"], t["loss_smooth"], color=c, label=f"{run} train (EMA)")
-        v = val[val["run"] == run] if not val.empty else val
-        if not v.empty:
-            ax.plot(v["tokens"], v["val_loss"], "o--", color=c, ms=3, lw=1, label=f"{run} validation")
+    for c, run, t in _losses(ax, train, val, "tokens"):
         if "lr" in t.columns:
             ax_lr.plot(t["tokens"], t["lr"], color=c, label=run)
     ax.set(ylabel="loss (nats/token)", title="pretraining loss")
@@ -38,14 +47,7 @@ def plot(ctx):
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if ncols == 3:
         ax_s = axes[0, 2]
-        st, sv = sft["train"], sft["val"]
-        for c, run in zip(style.colors(st["run"].nunique()), sorted(st["run"].unique())):
-            t = st[st["run"] == run]
-            ax_s.plot(t["step"], t["loss"], color=c, alpha=0.3, lw=0.8)
-            ax_s.plot(t["step"], t["loss_smooth"], color=c, label=f"{run} train (EMA)")
-            v = sv[sv["run"] == run] if not sv.empty else sv
-            if not v.empty:
-                ax_s.plot(v["step"], v["val_loss"], "o--", color=c, ms=3, lw=1, label=f"{run} validation")
+        _losses(ax_s, sft["train"], sft["val"], "step")
         ax_s.set(xlabel="SFT step", ylabel="loss on answer tokens", title="instruction tuning")
         ax_s.legend()
     fig.tight_layout()

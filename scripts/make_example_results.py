@@ -21,7 +21,6 @@ copied file's sha256.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -69,10 +68,6 @@ def _commit() -> str | None:
     return git_commit()
 
 
-def sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
 def cpu_model() -> str:
     try:
         for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
@@ -103,11 +98,12 @@ def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | No
     sys.path.insert(0, str(REPO))
     import torch
 
+    from dmas_repro.runio import file_sha256
 
     info = {"git_commit": commit, "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
             "python": platform.python_version(), "torch": torch.__version__, "eval_limit": limit,
             "made": time.strftime("%Y-%m-%d %H:%M %Z"), "commands": log,
-            "files": {str(f.relative_to(dest)): sha256(f) for f in files}}
+            "files": {str(f.relative_to(dest)): file_sha256(f) for f in files}}
     (dest / "manifest.json").write_text(json.dumps(info, indent=2) + "\n")
     size = sum(f.stat().st_size for f in files)
     params = "tiny-preset"
