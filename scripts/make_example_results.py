@@ -170,11 +170,16 @@ def main(argv=None) -> int:
                 continue
             print(f"\n$ {' '.join(shown)}", flush=True)
             t0 = time.time()
-            rc = subprocess.run(cmd, cwd=work, env=env).returncode
+            try:
+                rc = subprocess.run(cmd, cwd=work, env=env).returncode
+            except KeyboardInterrupt:
+                print(f"\nmake_example_results: interrupted; finished commands are kept in {work}: rerun with "
+                      f"--work {work} to continue", file=sys.stderr)
+                return 130
             dt = time.time() - t0
             if rc != 0:
-                print(f"make_example_results: `{' '.join(shown)}` failed (exit {rc}); scratch kept in {work}",
-                      file=sys.stderr)
+                print(f"make_example_results: `{' '.join(shown)}` failed (exit {rc}); finished commands kept in "
+                      f"{work} (rerun with --work {work})", file=sys.stderr)
                 return rc
             done.setdefault(stage, [])
             done[stage] = [c for c in done[stage] if c["command"] != shown] + [
