@@ -12,23 +12,15 @@ Modules, each a set of documented functions over tidy DataFrames:
 - `items`: per-item trajectories (first reliably solved, forgotten), paired bootstrap tests
   between neighbouring checkpoints.
 - `probes`: fluency measures against loss, the table of outputs per checkpoint.
-- `weights`: per-layer parameter norms and relative change between checkpoints (from the files).
+- `weights`: per-layer parameter norms and relative change between checkpoints (from the files;
+  import it as `analysis.weights`, also a script: `python -m analysis.weights`).
 - `ablation`: resume-spike measures and throughput per segment.
 """
-
-import importlib
 
 from . import ablation, io, items, probes, scores, training, transitions
 from .io import discover, load_ablation, load_items, load_metrics, load_probes, load_results, load_runs
 
-
-def __getattr__(name):
-    # `weights` loads lazily so that `python -m analysis.weights` runs it exactly once
-    if name == "weights":
-        return importlib.import_module(".weights", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
-    "ablation", "io", "items", "probes", "scores", "training", "transitions", "weights",
+    "ablation", "io", "items", "probes", "scores", "training", "transitions",
     "discover", "load_ablation", "load_items", "load_metrics", "load_probes", "load_results", "load_runs",
 ]

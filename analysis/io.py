@@ -31,7 +31,7 @@ EXAMPLES = "examples"
 # ---------------------------------------------------------------- metrics.jsonl
 def load_metrics(path: PathLike, run: str | None = None) -> pd.DataFrame:
     """All complete rows of one metrics.jsonl (a run dir or the file itself), with a `run` column."""
-    from dmas_repro.runio import read_metrics
+    from dmas_repro.train.layout import read_metrics
 
     p = Path(path)
     f = p / "metrics.jsonl" if p.is_dir() else p
@@ -123,8 +123,11 @@ def series_of(checkpoint: str) -> str:
 
 
 def kind_of(checkpoint: str) -> str:
-    """'instruct' for instruction-tuned checkpoints by their label (…-instruct, …-sft-…), else 'base'."""
-    return "instruct" if re.search(r"instruct|(^|[-_/])sft($|[-_/])", str(checkpoint)) else "base"
+    """'instruct' for instruction-tuned checkpoints by their label (…-instruct, …-sft-…), else 'base'
+    (the rule of `dmas_repro.train.layout.kind_of`)."""
+    from dmas_repro.train.layout import kind_of as layout_kind
+
+    return layout_kind(checkpoint)
 
 
 def _read_table(p: Path) -> pd.DataFrame:

@@ -10,16 +10,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dmas_repro.eval.suites import HEADLINE_METRIC as PRIMARY_METRIC  # noqa: F401 (re-exported)
+from dmas_repro.eval.suites import base_task, headline_metric
+
 VAL_TASK = "val_loss"
 VAL_METRIC = "loss"
-
-# The headline metric per task (lm-eval's conventions: length-normalised accuracy where the
-# choices differ in length). Tasks not listed use acc_norm when reported, else acc.
-PRIMARY_METRIC = {
-    "hellaswag": "acc_norm", "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "piqa": "acc_norm",
-    "openbookqa": "acc_norm", "winogrande": "acc", "boolq": "acc", "lambada_openai": "acc",
-    "mmlu": "acc", "truthfulqa_mc2": "acc",
-}
 
 # Accuracy of random guessing, used when per-item records (which give the number of choices) are absent.
 CHANCE = {
@@ -28,11 +23,6 @@ CHANCE = {
 }
 
 KEYS = ["series", "kind", "checkpoint", "step", "tokens"]
-
-
-def base_task(task: str) -> str:
-    """The standard task a local variant stands for ('hellaswag_dev' -> 'hellaswag')."""
-    return str(task).removesuffix("_dev")
 
 
 def chance(task: str) -> float:
@@ -45,12 +35,8 @@ def _keys(df: pd.DataFrame) -> list[str]:
 
 
 def primary_metric(results: pd.DataFrame, task: str) -> str | None:
-    """The metric to report for `task`: PRIMARY_METRIC, else acc_norm, else acc, else the first one."""
-    have = set(results.loc[results["task"] == task, "metric"])
-    for m in (PRIMARY_METRIC.get(base_task(task)), "acc_norm", "acc"):
-        if m in have:
-            return m
-    return sorted(have)[0] if have else None
+    """The metric to report for `task` (`dmas_repro.eval.suites.headline_metric`)."""
+    return headline_metric(task, results.loc[results["task"] == task, "metric"])
 
 
 def benchmark_tasks(results: pd.DataFrame) -> list[str]:

@@ -14,7 +14,6 @@ in memory. Works on our checkpoints (training run dirs, import-hf outputs) and o
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -31,10 +30,11 @@ def checkpoint_info(path: Path) -> dict:
     path = Path(path)
     info = {"checkpoint": path.name if path.name not in ("hf",) else str(path.parent.name + "/hf"),
             "step": np.nan, "tokens": np.nan}
-    st = path / "trainer_state.json"
-    if st.is_file():
-        s = json.loads(st.read_text())
-        info["step"], info["tokens"] = s.get("step", np.nan), s.get("tokens", np.nan)
+    from dmas_repro.train.layout import step_and_tokens
+
+    step, tokens = step_and_tokens(path)
+    if step is not None:
+        info["step"], info["tokens"] = step, (tokens if tokens is not None else np.nan)
     else:
         m = _STEP.search(path.name)
         if m:
@@ -43,18 +43,16 @@ def checkpoint_info(path: Path) -> dict:
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
-    """The complete checkpoints of a training run dir (`checkpoints/step_*` with weights), in step order."""
-    from dmas_repro.checkpoint import is_model_dir
+    """The checkpoints of a training run dir that hold a model (`checkpoints/step_*`), in step order."""
+    from dmas_repro.train.layout import list_checkpoints
 
-    ck = Path(run_dir) / "checkpoints"
-    dirs = [d for d in ck.glob("step_*") if d.is_dir() and not d.name.startswith(".") and is_model_dir(d)]
-    return sorted(dirs, key=lambda d: (checkpoint_info(d)["step"], d.name))
+    return [d for _, d in list_checkpoints(run_dir, models_only=True)]
 
 
 def _hf_to_ours() -> dict[str, str]:
-    from dmas_repro.hf import _name_map
+    from dmas_repro.model.hf import name_map
 
-    return {theirs: ours for ours, theirs in _name_map(512).items()}
+    return {theirs: ours for ours, theirs in name_map(512).items()}
 
 
 class _Tensors:
@@ -63,8 +61,8 @@ class _Tensors:
     def __init__(self, path: Path):
         from safetensors import safe_open
 
-        from dmas_repro.checkpoint import WEIGHTS, is_model_dir
-        from dmas_repro.hf import weight_files
+        from dmas_repro.model.hf import weight_files
+        from dmas_repro.model.weights import WEIGHTS, is_model_dir
 
         path = Path(path)
         files = [path / WEIGHTS] if is_model_dir(path) else weight_files(path)

@@ -10,7 +10,6 @@ nothing failed (skips are not failures), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ def build(inputs: analysis.io.Inputs, out: Path, only: list[str] | None = None, 
         ctx.begin(e.name, e.script)
         t0 = time.time()
         try:
-            importlib.import_module(f"paper_figures.{e.module}").make(ctx)
+            e.module.make(ctx)
         except Skip as s:
             report["skipped"][e.name] = str(s)
             log(f"  skipped {e.name}: {s}")

@@ -21,7 +21,7 @@ import pandas as pd
 
 import analysis
 from analysis.io import Inputs
-from dmas_repro.runio import file_sha256
+from dmas_repro.core.files import file_sha256
 
 RUN_TRAIN = "`dmas-repro train` (or `make example-results`)"
 RUN_EVAL = ("`dmas-repro eval-all-checkpoints --checkpoints runs/tiny --suite offline` "
@@ -54,7 +54,7 @@ class Context:
         self._used: dict[str, str] = {}
         self._hashes: dict[Path, str] = {}
         self._cache: dict[str, object] = {}
-        from dmas_repro.runio import git_commit
+        from dmas_repro.core.runtime import git_commit
 
         self.commit = git_commit()
         self.versions = _versions()

@@ -3,7 +3,6 @@ show a table, and turn a missing input into one printed line (so a notebook alwa
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ def show(name: str, ctx: Context):
     from IPython.display import display
 
     entry = by_name()[name]
-    mod = importlib.import_module(f"paper_figures.{entry.module}")
+    mod = entry.module
     try:
         fig = mod.plot(ctx) if hasattr(mod, "plot") else None
     except Skip as s:
@@ -49,7 +48,7 @@ def table(what: Callable[[], pd.DataFrame] | str, ctx: Context | None = None, ro
     """A DataFrame from `what()` (or the manifest table named `what`), or the reason it is missing."""
     try:
         if isinstance(what, str):
-            df = importlib.import_module(f"paper_figures.{by_name()[what].module}").table(ctx)
+            df = by_name()[what].module.table(ctx)
         else:
             df = what()
     except (Skip, FileNotFoundError) as s:

@@ -1,5 +1,5 @@
 """Architecture and training hyperparameters of each preset, generated from the code's presets
-(dmas_repro.model.PRESETS and dmas_repro.train.PRESETS), never typed by hand."""
+(dmas_repro.model.transformer.PRESETS and dmas_repro.train.config.PRESETS), never typed by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 def model_rows() -> dict[str, dict]:
     import torch
 
-    from dmas_repro.model import PRESETS, Transformer
+    from dmas_repro.model.transformer import PRESETS, Transformer
 
     out = {}
     for name, cfg in PRESETS.items():
@@ -27,7 +27,7 @@ def model_rows() -> dict[str, dict]:
 
 
 def training_rows() -> dict[str, dict]:
-    from dmas_repro.train import PRESETS, TrainConfig
+    from dmas_repro.train.config import PRESETS, TrainConfig
 
     out = {}
     for name, over in PRESETS.items():
@@ -68,7 +68,8 @@ def _fmt(v):
 
 
 def make(ctx) -> None:
-    from dmas_repro import model, train
+    from dmas_repro.model import transformer
+    from dmas_repro.train import config
 
-    ctx.use(model.__file__, train.__file__)
+    ctx.use(transformer.__file__, config.__file__)
     ctx.save_table(table(ctx), caption="Architecture and training recipe per preset (from dmas_repro presets).")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluation-speed benchmark: seconds per checkpoint for validation loss, lm-eval throughput by batch size.
 
-The same code as `dmas-repro bench eval` (dmas_repro/bench.py); see `scripts/bench_eval.py --help`.
+The same code as `dmas-repro bench eval` (dmas_repro/speed/bench.py); see `scripts/bench_eval.py --help`.
 """
 
 import sys

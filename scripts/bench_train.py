@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training-speed benchmark: our model (eager and torch.compile'd) vs transformers' LlamaForCausalLM.
 
-The same code as `dmas-repro bench train` (dmas_repro/bench.py); every option is listed by
+The same code as `dmas-repro bench train` (dmas_repro/speed/bench.py); every option is listed by
 `scripts/bench_train.py --help`. Example (the CPU goal in BENCHMARKS.md):
 
     python scripts/bench_train.py --preset tiny --micro-batch 8 --json bench/train_tiny_cpu.json

@@ -63,7 +63,7 @@ def _commit() -> str | None:
     """The repository's commit now (each command records the one it ran at; a reused --work
     directory can hold commands run at different commits)."""
     sys.path.insert(0, str(REPO))
-    from dmas_repro.runio import git_commit
+    from dmas_repro.core.runtime import git_commit
 
     return git_commit()
 
@@ -98,7 +98,7 @@ def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | No
     sys.path.insert(0, str(REPO))
     import torch
 
-    from dmas_repro.runio import file_sha256
+    from dmas_repro.core.files import file_sha256
 
     info = {"git_commit": commit, "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
             "python": platform.python_version(), "torch": torch.__version__, "eval_limit": limit,

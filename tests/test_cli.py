@@ -4,9 +4,10 @@ import sys
 
 import torch
 
-from dmas_repro import checkpoint, hf
 from dmas_repro.cli import main
-from dmas_repro.model import build
+from dmas_repro.model import hf
+from dmas_repro.model import weights as checkpoint
+from dmas_repro.model.transformer import build
 
 
 def test_info_json_paper(capsys):

@@ -1,0 +1,48 @@
+"""Commands of the evaluation stage: eval-all-checkpoints (flags derived from `EvalConfig`), chat."""
+
+from __future__ import annotations
+
+
+def _cmd_eval_all(args) -> int:
+    from ..core.config import from_args
+    from ..eval.driver import EvalConfig, run
+
+    return run(from_args(EvalConfig, args, parts_explicit=args.parts is not None))
+
+
+def _cmd_chat(args) -> int:
+    from ..eval.chat import chat
+
+    return chat(args.checkpoint, args.prompt, raw=args.raw, device=args.device, dtype=args.dtype,
+                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed)
+
+
+def register(sub, common) -> None:
+    from ..core.config import add_arguments
+    from ..eval.driver import EvalConfig
+
+    p = sub.add_parser(
+        "eval-all-checkpoints", parents=[common],
+        help="every checkpoint through lm-eval benchmarks, validation loss and probes, into one results store",
+        description="Evaluate checkpoints (default: the ten released ones and the instruct model) with "
+                    "lm-evaluation-harness, validation loss and qualitative probes. Rerun the same command to "
+                    "resume: finished (checkpoint, task) units are skipped.",
+    )
+    add_arguments(p, EvalConfig)
+    p.set_defaults(func=_cmd_eval_all)
+
+    p = sub.add_parser("chat", parents=[common],
+                       help="chat with an instruct checkpoint (streams; stops at <|endoftext|>)")
+    p.add_argument("--checkpoint", required=True,
+                   help="hub id, HF directory, checkpoint directory, or run directory (its sft/ export first)")
+    p.add_argument("--prompt", default=None, help="answer this one message and exit")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--raw", action="store_true", help="send the text as is, without the chat template")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, as stored on CPU)")
+    p.set_defaults(func=_cmd_chat)

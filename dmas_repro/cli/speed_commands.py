@@ -1,0 +1,53 @@
+"""Commands of the speed benchmarks: bench train|eval|report (flags derived from the bench configs)."""
+
+from __future__ import annotations
+
+
+def _cmd_train(args) -> int:
+    from ..core.config import from_args
+    from ..speed.bench import TrainBenchConfig, format_train, run_train_bench, write_json
+
+    res = run_train_bench(from_args(TrainBenchConfig, args))
+    print(format_train(res))
+    write_json(args.json, res)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from ..core.config import from_args
+    from ..speed.bench import EvalBenchConfig, format_eval, run_eval_bench, write_json
+
+    res = run_eval_bench(from_args(EvalBenchConfig, args))
+    print(format_eval(res))
+    write_json(args.json, res)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from ..speed.bench import report
+
+    print(report(args.json_files), end="")
+    return 0
+
+
+def register(sub, common) -> None:
+    from ..core.config import add_arguments
+    from ..speed.bench import EvalBenchConfig, TrainBenchConfig
+
+    p = sub.add_parser("bench", parents=[common],
+                       help="speed benchmarks: training steps vs transformers, evaluation time")
+    bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    t = bsub.add_parser("train", parents=[common],
+                        help="tokens/s, MFU, memory of training steps: ours (eager, compiled) vs HF")
+    add_arguments(t, TrainBenchConfig)
+    t.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+    t.set_defaults(func=_cmd_train)
+    e = bsub.add_parser("eval", parents=[common],
+                        help="seconds per checkpoint: validation loss and lm-eval throughput by batch size")
+    add_arguments(e, EvalBenchConfig)
+    e.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+    e.set_defaults(func=_cmd_eval)
+    r = bsub.add_parser("report", parents=[common],
+                        help="print a BENCHMARKS.md section (markdown) for result JSON files")
+    r.add_argument("json_files", nargs="+", metavar="JSON")
+    r.set_defaults(func=_cmd_report)

@@ -1,0 +1,343 @@
+"""`dmas-repro eval-all-checkpoints`: every checkpoint through the benchmarks, validation loss and
+probes, into one results store (see `dmas_repro.results`).
+
+For each checkpoint (of this --shard) with work left: fetch it (the next one downloads in the
+background meanwhile), run the benchmark tasks one by one through lm-eval, then validation loss
+and probes with our model, storing each (checkpoint, unit) as soon as it is done. A failure is
+recorded and the run goes on with the next unit or checkpoint; the exit status is 0 only when
+every unit of this run succeeded. SIGINT/SIGTERM stop after the current unit.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core import runtime
+from ..core.config import opt
+from ..core.errors import UserError
+from .suites import SUITES
+
+log = logging.getLogger(__name__)
+
+PARTS = ("benchmarks", "val_loss", "probes")
+DEFAULT_VAL_DATA = Path("data/bundled")
+
+
+def _limit(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise UserError(f"--limit {s!r}: a number of items, or a fraction below 1") from None
+    if v <= 0:
+        raise UserError(f"--limit {s!r} must be positive")
+    return int(v) if v >= 1 and v.is_integer() else v
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _names(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything `eval-all-checkpoints` takes; its command-line flags are derived from these fields."""
+
+    checkpoints: tuple[str, ...] = opt(
+        ("released",), "released (default), released-base, a registry label (step-5.1k), hub ids "
+        "(owner/name[@revision]), Hugging Face or dmas-repro checkpoint directories, or run directories "
+        "runs/NAME (all their checkpoints, and sft/); comma-separated lists work", nargs="+", metavar="SRC",
+        parse=str)
+    suite: str = opt("paper", "paper (needs the network for datasets), quick, or offline (bundled data)",
+                     choices=sorted(SUITES))
+    tasks: tuple[str, ...] | None = opt(None, "comma-separated lm-eval task names instead of the suite's",
+                                        parse=_names)
+    include_paths: tuple[str, ...] = opt((), "extra directory of lm-eval task YAMLs (repeatable)",
+                                         flag="--include-path", action="append", metavar="DIR", parse=str)
+    limit: float | None = opt(None, "items per task (or a fraction below 1); default: the suite's", parse=_limit)
+    num_fewshot: int | None = opt(None, "few-shot examples for every task")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    batch_size: str = opt("auto", "auto (lm-eval's search on GPU; 8 on CPU), auto:N or N")
+    parts: tuple[str, ...] = opt(PARTS, "comma-separated subset of benchmarks,val_loss,probes", parse=_names)
+    parts_explicit: bool = opt(False, cli=False)
+    out: str | None = opt(None, "results directory (default results/<suite>)")
+    cache_dir: str | None = opt(None, "download cache (default: the Hugging Face cache)")
+    max_disk: str | None = opt(None, "disk this run's downloads/exports may use at once, e.g. 20GB: evaluated "
+                                     "ones are deleted")
+    shard: str | None = opt(None, "evaluate only every N-th checkpoint from i (0-based)", metavar="i/N")
+    val_data: str | None = opt(None, f"prepare-data directory; its val split gives the validation loss "
+                                     f"(default {DEFAULT_VAL_DATA})")
+    val_tokens: int = opt(20 * 32 * 1024, "validation token budget")
+    val_seq_len: int | None = opt(None, "validation window length (default: 1024, or the model's context if "
+                                        "shorter)")
+    val_batch_size: int = opt(8, "windows per forward pass for validation loss")
+    probe_seeds: tuple[int, ...] = opt((0, 1), "seeds of the sampled probe outputs", parse=_ints)
+    probe_max_new_tokens: int = opt(64, "tokens generated per probe")
+    probe_set: str = opt("v1", "probe prompt set version (dmas_repro/assets/probes)")
+    items: bool = opt(True, "keep per-item records under items/ (--no-items: do not)")
+
+
+def resolve_batch_size(bs: str, device: str) -> str | int:
+    if bs == "auto" and not device.startswith("cuda"):
+        return 8  # lm-eval's search starts at 64 full-length rows: far too much for a CPU run
+    if bs.isdigit() and int(bs) > 0:
+        return int(bs)
+    if bs == "auto" or (bs.startswith("auto:") and bs[5:].isdigit()):
+        return bs
+    raise UserError(f"--batch-size {bs!r}: a positive integer, auto or auto:N")
+
+
+def _val_dir(cfg: EvalConfig) -> Path | None:
+    if cfg.val_data:
+        p = Path(cfg.val_data)
+        if not p.is_dir():
+            raise UserError(f"--val-data {p}: no such directory")
+        return p
+    return DEFAULT_VAL_DATA if (DEFAULT_VAL_DATA / "manifest.json").is_file() else None
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, UserError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def run(cfg: EvalConfig) -> int:
+    import lm_eval
+
+    from . import harness as benchmarks
+    from . import sources
+    from . import store as results
+    from .suites import suite_tasks
+
+    for p in cfg.parts:
+        if p not in PARTS:
+            raise UserError(f"--parts {p!r}: choose from {', '.join(PARTS)}")
+    out = Path(cfg.out or f"results/{cfg.suite}")
+    device = str(runtime.resolve_device(cfg.device))
+    dtype = runtime.dtype_name(cfg.dtype, device)
+    batch_size = resolve_batch_size(str(cfg.batch_size), device)
+    specs = suite_tasks(cfg.suite, list(cfg.tasks) if cfg.tasks else None, cfg.limit, cfg.num_fewshot)
+    max_disk = sources.parse_size(cfg.max_disk)
+    ckpts = sources.shard(sources.parse(list(cfg.checkpoints)), cfg.shard)
+
+    parts = list(cfg.parts)
+    val_dir = _val_dir(cfg) if "val_loss" in parts else None
+    if "val_loss" in parts and val_dir is None:
+        if cfg.parts_explicit:
+            raise UserError(f"--parts val_loss needs validation tokens: pass --val-data DIR (a prepare-data "
+                            f"directory; {DEFAULT_VAL_DATA} does not exist)")
+        log.info(f"note: no validation data ({DEFAULT_VAL_DATA} does not exist, no --val-data): skipping val_loss")
+        parts.remove("val_loss")
+    probe_cfg = None
+    if "probes" in parts:
+        from .probes import ProbeConfig, load_prompts
+
+        probe_cfg = ProbeConfig(prompt_set=cfg.probe_set, seeds=tuple(cfg.probe_seeds),
+                                max_new_tokens=cfg.probe_max_new_tokens)
+        load_prompts(probe_cfg.prompt_set)
+
+    units = ([s.name for s in specs] if "benchmarks" in parts else []) + [p for p in ("val_loss", "probes")
+                                                                         if p in parts]
+    store = results.ResultStore(out)
+    val_set = None
+    if val_dir is not None:
+        from .valloss import load_val_tokens
+
+        val_set = load_val_tokens(val_dir, cfg.val_tokens)
+    settings = {"suite": cfg.suite, "dtype": dtype, "harness_version": lm_eval.__version__}
+    if "benchmarks" in parts:
+        for s in specs:
+            settings[f"limit/{s.name}"] = s.limit
+            settings[f"num_fewshot/{s.name}"] = s.num_fewshot
+    if val_set is not None:
+        settings["val/tokens_sha"] = val_set.sha
+        settings["val/seq_len"] = cfg.val_seq_len or "min(1024, context)"
+    if probe_cfg is not None:
+        settings.update({"probes/set": probe_cfg.prompt_set, "probes/seeds": list(probe_cfg.seeds),
+                         "probes/max_new_tokens": probe_cfg.max_new_tokens,
+                         "probes/temperature": probe_cfg.temperature, "probes/top_k": probe_cfg.top_k})
+    store.check_settings(settings)
+
+    todo = [(ck, [u for u in units if not store.done(ck.label, u)]) for ck in ckpts]
+    todo = [(ck, pending) for ck, pending in todo if pending]
+    log.info(f"{len(ckpts)} checkpoint(s) in this shard, {len(todo)} with work left; results in {out}")
+    tm = None
+    bench_pending = {s.name for _, pending in todo for s in specs if s.name in pending}
+    if bench_pending:
+        tm = benchmarks.task_manager(sorted(bench_pending), list(cfg.include_paths))
+
+    fetcher = sources.Fetcher(cfg.cache_dir, out / ".exports", max_disk)
+    failed = 0
+    stopped = None
+    from ..core.signals import StopSignal
+
+    pending = {ck.label: p for ck, p in todo}
+    with StopSignal() as stop:
+        for ck, fut in fetcher.iterate([ck for ck, _ in todo]):
+            local = None
+            try:
+                local = fut.result()
+                sources.check_loadable(local.path)
+            except Exception as e:  # noqa: BLE001 - a failed checkpoint is recorded, the others go on
+                _report(ck.label, "load", e)
+                store.record_failure(ck.label, "load", _error_text(e))
+                failed += 1
+                if local is not None:
+                    fetcher.release(local)
+                store.consolidate()
+                continue
+            store.clear_failure(ck.label, "load")
+            meta = {"checkpoint": ck.label, "step": ck.step, "tokens": ck.tokens, "kind": ck.kind,
+                    "model_sha": local.model_sha, "dtype": dtype, "device": device, "source": ck.source,
+                    "harness_version": lm_eval.__version__}
+            try:
+                failed += _benchmarks(cfg, store, tm, local, meta, [s for s in specs if s.name in pending[ck.label]],
+                                      device, dtype, batch_size, stop)
+                if not stop.requested:
+                    failed += _own_model_parts(cfg, store, local, meta, pending[ck.label], val_set, probe_cfg,
+                                               device, dtype, stop)
+            finally:
+                fetcher.release(local)
+            if stop.requested:
+                stopped = stop.requested
+                break
+    df = store.consolidate()
+    print()
+    print(results.summary(df))
+    open_failures = store.failures()
+    if open_failures:
+        log.warning(f"\n{len(open_failures)} open failure(s) in {out / 'failures.jsonl'}; rerun to retry them")
+    if stopped:
+        log.warning(f"stopped by {stopped}; rerun the same command to continue")
+        return 1
+    return 1 if failed else 0
+
+
+def _report(label: str, part: str, e: BaseException) -> None:
+    if not isinstance(e, UserError):
+        traceback.print_exception(e, file=sys.stderr)
+    log.error(f"{label}: {part} FAILED: {_error_text(e)}")
+
+
+def _benchmarks(cfg, store, tm, local, meta, specs, device, dtype, batch_size, stop) -> int:
+    from . import harness as benchmarks
+
+    if not specs:
+        return 0
+    label = meta["checkpoint"]
+    try:
+        lm = benchmarks.load_lm(local.path, device, dtype, batch_size)
+    except Exception as e:  # noqa: BLE001
+        _report(label, "benchmarks", e)
+        for s in specs:
+            store.record_failure(label, f"benchmarks/{s.name}", _error_text(e))
+        store.consolidate()
+        return len(specs)
+    failed = 0
+    try:
+        for s in specs:
+            if stop.requested:
+                break
+            log.info(f"{label}: {s.name} (few-shot {s.num_fewshot}, limit {s.limit})")
+            part = f"benchmarks/{s.name}"
+            try:
+                res = benchmarks.evaluate_task(lm, s, tm)
+                bs = benchmarks.used_batch_size(lm, batch_size)
+                rows = [{**meta, **r, "batch_size": bs} for r in res.rows]
+                items = None
+                if cfg.items:
+                    items = {t: [{"checkpoint": label, "step": meta["step"], "tokens": meta["tokens"],
+                                  "kind": meta["kind"], **x}
+                                 for x in recs] for t, recs in res.items.items()}
+                store.write_unit(label, s.name, rows, items=items, part=part)
+            except Exception as e:  # noqa: BLE001
+                _report(label, part, e)
+                store.record_failure(label, part, _error_text(e))
+                failed += 1
+            store.consolidate()
+    finally:
+        del lm
+        _free_memory()
+    return failed
+
+
+def _own_model_parts(cfg, store, local, meta, pending, val_set, probe_cfg, device, dtype, stop) -> int:
+    from ..model import hf
+
+    todo = [u for u in ("val_loss", "probes") if u in pending
+            and (u != "val_loss" or val_set is not None) and (u != "probes" or probe_cfg is not None)]
+    if not todo:
+        return 0
+    label = meta["checkpoint"]
+    try:
+        model = hf.from_hf(local.path, dtype=runtime.torch_dtype(dtype), device=device, pad_vocab=False).eval()
+    except Exception as e:  # noqa: BLE001
+        _report(label, "load", e)
+        for u in todo:
+            store.record_failure(label, u, _error_text(e))
+        store.consolidate()
+        return len(todo)
+    failed = 0
+    try:
+        for unit in todo:
+            if stop.requested:
+                break
+            log.info(f"{label}: {unit}")
+            try:
+                if unit == "val_loss":
+                    _val_loss(cfg, store, model, meta, val_set, device)
+                else:
+                    _probes(store, model, meta, probe_cfg, device)
+            except Exception as e:  # noqa: BLE001
+                _report(label, unit, e)
+                store.record_failure(label, unit, _error_text(e))
+                failed += 1
+            store.consolidate()
+    finally:
+        del model
+        _free_memory()
+    return failed
+
+
+def _val_loss(cfg, store, model, meta, val_set, device) -> None:
+    from .valloss import val_loss
+
+    r = val_loss(model, val_set, cfg.val_seq_len, batch_size=cfg.val_batch_size, device=device)
+    base = {**meta, "task": "val_loss", "n": r["n_tokens"], "task_hash": r["windows_sha"], "batch_size":
+            str(cfg.val_batch_size), "stderr": None, "num_fewshot": None, "group": None,
+            "task_version": f"seq_len={r['seq_len']}", "limit": None}
+    rows = [{**base, "metric": "loss", "value": r["loss"]}]
+    if r["bpb"] is not None:
+        rows.append({**base, "metric": "bpb", "value": r["bpb"]})
+    store.write_unit(meta["checkpoint"], "val_loss", rows)
+
+
+def _probes(store, model, meta, probe_cfg, device) -> None:
+    from .probes import run_probes
+
+    rows = run_probes(model, meta["kind"], probe_cfg, device=device)
+    probes = [{"checkpoint": meta["checkpoint"], "step": meta["step"], "tokens": meta["tokens"], "kind": meta["kind"],
+               "model_sha": meta["model_sha"], **r} for r in rows]
+    store.write_unit(meta["checkpoint"], "probes", [], probes=probes)
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+

@@ -1,0 +1,375 @@
+"""Where the checkpoints to evaluate come from, and getting each one onto local disk.
+
+`parse(specs)` turns `--checkpoints` values into `Checkpoint`s: `released` (the registry,
+`dmas_repro.model.released`), hub ids (`owner/name[@revision]`), local Hugging Face
+directories, dmas-repro checkpoint directories, and training run directories (`runs/NAME`:
+every `checkpoints/step_*`, kind base, and the SFT stage under `sft/`, kind instruct).
+
+`Fetcher.iterate(checkpoints)` yields each checkpoint with a future of its local HF directory:
+hub repos are downloaded (weights and tokenizer only, resumable, sha256 checked against the
+Hub's metadata), our own checkpoints are exported with `model.hf.save_hf`. The next checkpoint is
+fetched in a background thread while the current one is evaluated; with `max_disk` set, what
+this run downloaded or exported is deleted once evaluated, and a prefetch waits when two
+checkpoints would not fit.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..core.errors import UserError
+from ..core.files import check_free_space, dir_size_bytes, file_sha256
+from ..model import hf, hub
+from ..model import released as registry
+from ..model import weights as checkpoint
+from ..train import layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    label: str  # its name in the results store (unique within a run)
+    kind: str  # base | instruct
+    step: int | None
+    tokens: int | None
+    source: str  # what the user named: a hub id or a local path
+    repo_id: str | None = None  # set for hub checkpoints
+    revision: str | None = None
+    path: Path | None = None  # set for local checkpoints
+    export: bool = False  # a dmas-repro checkpoint directory: exported to HF format on the fly
+
+
+@dataclass
+class Local:
+    """A checkpoint on local disk as a Hugging Face directory, ready for evaluation."""
+
+    ckpt: Checkpoint
+    path: Path
+    model_sha: str  # sha256 over the weight files' sha256s (see `model_sha`)
+    owned: bool  # created by this run (download or export): may be deleted after evaluation
+    size: int
+    verified: bool  # weights checked against the Hub's sha256 metadata
+
+
+# ---------------------------------------------------------------- the registry
+def released() -> list[Checkpoint]:
+    """The released checkpoints, in training order (base first, then the instruct model)."""
+    return [Checkpoint(label=r["label"], kind=r["kind"], step=r["step"], tokens=r["tokens"], source=r["repo_id"],
+                       repo_id=r["repo_id"], revision=r["revision"]) for r in registry.rows()]
+
+
+# ---------------------------------------------------------------- parsing --checkpoints
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_label(s: str) -> str:
+    return _SAFE.sub("_", s).strip("._") or "checkpoint"
+
+
+def _run_checkpoints(run: Path) -> list[Checkpoint]:
+    """Every checkpoint of a training run dir: checkpoints/step_* (base), then the SFT stage (instruct);
+    a stage without checkpoints contributes its final hf/ export."""
+    out = []
+    for stage, kind, prefix in layout.stages(run):
+        for d in layout.stage_models(stage):
+            step, tokens = layout.step_and_tokens(d)
+            out.append(Checkpoint(label=safe_label(f"{prefix}-{d.name}"), kind=kind, step=step, tokens=tokens,
+                                  source=str(d), path=d, export=checkpoint.is_model_dir(d)))
+    return out
+
+
+def parse_one(spec: str, registry: list[Checkpoint] | None = None) -> list[Checkpoint]:
+    registry = released() if registry is None else registry
+    by_repo = {c.repo_id: c for c in registry}
+    by_label = {c.label: c for c in registry}
+    if spec == "released":
+        return list(registry)
+    if spec in ("released-base", "released-instruct"):
+        return [c for c in registry if c.kind == spec.split("-")[1]]
+    if spec in by_label:
+        return [by_label[spec]]
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{p}: not a directory")
+        if hf.is_hf_dir(p) or checkpoint.is_model_dir(p):
+            step, tokens = layout.step_and_tokens(p)
+            label, kind = layout.label_of(p)
+            label = safe_label(label)
+            # a training checkpoint also holds a config.json (the run's): our model files win
+            return [Checkpoint(label=label, kind=kind, step=step, tokens=tokens, source=spec, path=p,
+                               export=checkpoint.is_model_dir(p))]
+        if layout.is_run_dir(p):
+            found = _run_checkpoints(p)
+            if not found:
+                raise UserError(f"{p}: a run directory with no complete checkpoint (checkpoints/step_*/ or hf/)")
+            return found
+        raise UserError(f"{p}: neither a Hugging Face model directory, a dmas-repro checkpoint, nor a run directory")
+    repo_id, _, revision = spec.partition("@")
+    if hub.looks_like_repo_id(repo_id):
+        if repo_id in by_repo:
+            c = by_repo[repo_id]
+            return [replace(c, revision=revision or c.revision, source=spec)]
+        return [Checkpoint(label=safe_label(repo_id.replace("/", "--")), kind=layout.kind_of(repo_id), step=None,
+                           tokens=None, source=spec, repo_id=repo_id, revision=revision or None)]
+    raise UserError(f"--checkpoints {spec!r}: no such directory, not a hub id (owner/name) and not 'released'")
+
+
+def parse(specs: list[str]) -> list[Checkpoint]:
+    """All checkpoints named by `specs` (each may be a comma-separated list), in order, no repeats."""
+    registry = released()
+    out: list[Checkpoint] = []
+    for spec in specs:
+        for part in spec.split(","):
+            if part.strip():
+                out.extend(parse_one(part.strip(), registry))
+    seen: dict[str, Checkpoint] = {}
+    for c in out:
+        if c.label in seen and seen[c.label].source != c.source:
+            raise UserError(f"two checkpoints would be stored under the same name {c.label!r}: "
+                            f"{seen[c.label].source} and {c.source}; pass one of them by another path")
+        seen.setdefault(c.label, c)
+    return list(seen.values())
+
+
+def shard(ckpts: list[Checkpoint], spec: str | None) -> list[Checkpoint]:
+    """`--shard i/N` (0 <= i < N): every N-th checkpoint starting at i."""
+    if not spec:
+        return ckpts
+    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UserError(f"--shard {spec!r}: expected i/N with 0 <= i < N, e.g. 0/4")
+    i, n = int(m.group(1)), int(m.group(2))
+    return ckpts[i::n]
+
+
+def parse_size(s: str | None) -> int | None:
+    """'20GB', '15G', '500MiB', '123' (bytes) -> bytes."""
+    if s is None:
+        return None
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", s, re.IGNORECASE)
+    if not m:
+        raise UserError(f"--max-disk {s!r}: expected a size such as 20GB, 15G or 500MiB")
+    base = 1024 if m.group(3) else 1000
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * base**power)
+
+
+# ---------------------------------------------------------------- hashing
+def model_sha(weight_shas: dict[str, str]) -> str:
+    """One hash of a model's weights: sha256 over "name sha256" lines of its safetensors files."""
+    text = "".join(f"{name} {sha}\n" for name, sha in sorted(weight_shas.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weight_shas(hf_dir: Path) -> dict[str, str]:
+    return {f.name: file_sha256(f) for f in hf.weight_files(hf_dir)}
+
+
+def check_loadable(hf_dir: Path) -> None:
+    """Fail with one clear message on a config of another architecture or a corrupt/truncated weight file."""
+    from safetensors import SafetensorError, safe_open
+
+    hf.read_config(hf_dir, pad_vocab=False)
+    for f in hf.weight_files(hf_dir):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_slice(key)
+        except SafetensorError as e:
+            raise UserError(f"{f}: corrupt or truncated safetensors file ({e})") from None
+        except OSError as e:
+            raise UserError(f"{f}: cannot read ({e})") from None
+
+
+# ---------------------------------------------------------------- the Hub
+@dataclass
+class HubFiles:
+    commit: str | None
+    sizes: dict[str, int]  # the files we download -> bytes
+    sha256: dict[str, str]  # LFS files -> sha256 of their content
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+
+def hub_files(repo_id: str, revision: str | None) -> HubFiles | None:
+    """Sizes and sha256s of the files `hub.download` fetches; None when the Hub cannot be reached."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except RepositoryNotFoundError:
+        raise UserError(f"{repo_id}: no such model repository on the Hugging Face Hub") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{repo_id}: no revision {revision!r} on the Hugging Face Hub") from None
+    except GatedRepoError:
+        raise UserError(f"{repo_id}: gated repository; log in with `hf auth login` first") from None
+    except Exception:  # offline, no network, hub down: fall back on the local cache
+        return None
+    sizes, shas = {}, {}
+    for s in info.siblings or []:
+        if any(fnmatch.fnmatch(s.rfilename, pat) for pat in hub.MODEL_FILES):
+            sizes[s.rfilename] = int(s.size or 0)
+            if s.lfs is not None and getattr(s.lfs, "sha256", None):
+                shas[s.rfilename] = s.lfs.sha256
+    return HubFiles(commit=info.sha, sizes=sizes, sha256=shas)
+
+
+def _hub_cache_root(cache_dir: Path | None) -> Path:
+    from huggingface_hub import constants
+
+    return Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+
+
+def repo_cache_dir(repo_id: str, cache_dir: Path | None) -> Path:
+    return _hub_cache_root(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+
+
+# ---------------------------------------------------------------- fetching
+class Fetcher:
+    """Materialises checkpoints as local HF directories (download or export), prefetching the next.
+
+    `cache_dir`: hub downloads go there (default: the Hugging Face cache) and exports under
+    `cache_dir/exports` (default: `export_dir`). `max_disk`: bytes that downloads and exports of
+    this run may hold at once; evaluated ones are then deleted.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None, export_dir: str | os.PathLike,
+                 max_disk: int | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.export_dir = Path(cache_dir) / "exports" if cache_dir else Path(export_dir)
+        self.max_disk = max_disk
+        self._meta: dict[str, HubFiles | None] = {}
+
+    # sizes ------------------------------------------------------------
+    def _hub_meta(self, ck: Checkpoint) -> HubFiles | None:
+        key = f"{ck.repo_id}@{ck.revision}"
+        if key not in self._meta:
+            self._meta[key] = hub_files(ck.repo_id, ck.revision)
+        return self._meta[key]
+
+    def estimate(self, ck: Checkpoint) -> int:
+        """Bytes this checkpoint will add on disk (0: already local and kept)."""
+        if ck.repo_id:
+            if repo_cache_dir(ck.repo_id, self.cache_dir).exists() and self.max_disk is None:
+                return 0
+            meta = self._hub_meta(ck)
+            return meta.total if meta else 0
+        if ck.export:
+            return (ck.path / checkpoint.WEIGHTS).stat().st_size
+        return 0
+
+    # one checkpoint ---------------------------------------------------
+    def fetch(self, ck: Checkpoint) -> Local:
+        if ck.repo_id:
+            return self._download(ck)
+        if ck.export:
+            return self._export(ck)
+        shas = weight_shas(ck.path)
+        return Local(ck, ck.path, model_sha(shas), owned=False, size=0, verified=False)
+
+    def _check_budget(self, ck: Checkpoint, need: int, where: Path) -> None:
+        if self.max_disk is not None and need > self.max_disk:
+            raise UserError(f"{ck.label} needs {need / 1e9:.2f} GB on disk, more than --max-disk "
+                            f"{self.max_disk / 1e9:.2f} GB")
+        if need:
+            check_free_space(where, need, f"checkpoint {ck.label}")
+
+    def _download(self, ck: Checkpoint) -> Local:
+        meta = self._hub_meta(ck)
+        repo_dir = repo_cache_dir(ck.repo_id, self.cache_dir)
+        was_cached = repo_dir.exists()
+        if meta is not None:
+            self._check_budget(ck, 0 if was_cached else meta.total, _hub_cache_root(self.cache_dir))
+        else:
+            log.info(f"{ck.label}: the Hub cannot be reached; using the local cache (hashes not checked)")
+        revision = meta.commit if (meta is not None and meta.commit) else ck.revision
+        if meta is not None:
+            log.info(f"{ck.label}: {'checking' if was_cached else 'downloading'} {ck.repo_id}"
+                     + (f"@{revision}" if revision else ""))
+        path = hub.download(ck.repo_id, revision=revision, cache_dir=self.cache_dir)
+        shas = weight_shas(path)
+        verified = False
+        if meta is not None:
+            bad = [name for name, sha in shas.items() if meta.sha256.get(name) not in (None, sha)]
+            if bad:
+                for name in bad:  # drop the damaged blob so that the next run downloads it again
+                    f = path / name
+                    blob = f.resolve()
+                    f.unlink(missing_ok=True)
+                    if blob != f:
+                        blob.unlink(missing_ok=True)
+                raise UserError(f"{ck.repo_id}: sha256 of {', '.join(bad)} differs from the Hub's "
+                                "(corrupt download); deleted, rerun to download again")
+            verified = all(name in meta.sha256 for name in shas)
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        return Local(ck, path, model_sha(shas), owned=not was_cached, size=size, verified=verified)
+
+    def _export(self, ck: Checkpoint) -> Local:
+        out = self.export_dir / ck.label
+        self._check_budget(ck, self.estimate(ck), self.export_dir)
+        log.info(f"{ck.label}: exporting {ck.path} to {out}")
+        model = checkpoint.load_model(ck.path)
+        hf.save_hf(model, out)
+        del model
+        return Local(ck, out, model_sha(weight_shas(out)), owned=True, size=dir_size_bytes(out),
+                     verified=False)
+
+    def release(self, local: Local) -> None:
+        """After evaluation: delete exports always, downloads of this run when --max-disk is set."""
+        if not local.owned:
+            return
+        if local.ckpt.export:
+            shutil.rmtree(local.path, ignore_errors=True)
+        elif self.max_disk is not None and local.ckpt.repo_id:
+            log.info(f"{local.ckpt.label}: evicting {local.ckpt.repo_id} from the cache (--max-disk)")
+            shutil.rmtree(repo_cache_dir(local.ckpt.repo_id, self.cache_dir), ignore_errors=True)
+
+    # a sequence with prefetch ------------------------------------------
+    def _fits_both(self, current: Checkpoint, nxt: Checkpoint) -> bool:
+        if self.max_disk is None:
+            return True
+        try:
+            return self.estimate(current) + self.estimate(nxt) <= self.max_disk
+        except (UserError, OSError):
+            return False
+
+    def iterate(self, ckpts: list[Checkpoint]) -> Iterator[tuple[Checkpoint, Future]]:
+        """Yield (checkpoint, future of its Local); the next one is fetched while the caller
+        evaluates this one. The caller must call `release` on each Local it got."""
+        if not ckpts:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
+        nxt: Future | None = pool.submit(self.fetch, ckpts[0])
+        try:
+            for i, ck in enumerate(ckpts):
+                fut = nxt if nxt is not None else pool.submit(self.fetch, ck)
+                nxt = None
+                if i + 1 < len(ckpts) and self._fits_both(ck, ckpts[i + 1]):
+                    nxt = pool.submit(self.fetch, ckpts[i + 1])
+                yield ck, fut
+        finally:
+            if nxt is not None:  # stopped early: clean up a prefetch nobody will evaluate
+                nxt.cancel()
+                _release_when_done(self, nxt)
+            pool.shutdown(wait=False, cancel_futures=True)
+
+def _release_when_done(fetcher: Fetcher, fut: Future) -> None:
+    """A prefetch that is no longer wanted (the run stopped): clean up what it made."""
+    def cb(f: Future):
+        if not f.cancelled() and f.exception() is None:
+            fetcher.release(f.result())
+    fut.add_done_callback(cb)

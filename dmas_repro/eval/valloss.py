@@ -1,0 +1,99 @@
+"""Validation loss of a checkpoint on a held-out token split, with a fixed token budget.
+
+The split is the `val` split of a data directory written by `dmas-repro prepare-data` (uint16
+GPT-2 tokens, documents separated by <|endoftext|>). Every checkpoint sees exactly the same
+windows: the first `budget` tokens cut into non-overlapping windows of `seq_len` (inputs
+tokens[i*T : i*T+T], targets shifted by one). The loss is the mean next-token cross-entropy in
+nats over GPT-2's 50257-token vocabulary; bpb divides the summed loss by ln 2 and by the UTF-8
+bytes of the target tokens (<|endoftext|> counts 0 bytes).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import UserError
+from ..model.tokenizer import EOT, N_VOCAB, gpt2
+
+DEFAULT_TOKENS = 20 * 32 * 1024  # the authors' in-loop validation: 20 micro-batches of 32 x 1024 tokens
+
+
+@dataclass(frozen=True)
+class ValTokens:
+    """The first `budget` + 1 tokens of a validation split (the same for every checkpoint)."""
+
+    tokens: np.ndarray  # uint16
+    source: str
+    sha: str  # sha256 of `tokens`
+
+    def windows(self, seq_len: int) -> np.ndarray:
+        """[n, seq_len + 1] overlapping-by-one windows: inputs w[:, :-1], targets w[:, 1:]."""
+        n = (len(self.tokens) - 1) // seq_len
+        if n < 1:
+            raise UserError(f"{self.source}: {len(self.tokens)} validation tokens are fewer than one window of "
+                            f"{seq_len + 1}; prepare more validation data, raise --val-tokens or lower --val-seq-len")
+        idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+        return self.tokens[idx]
+
+
+def load_val_tokens(data_dir: str | os.PathLike, budget: int = DEFAULT_TOKENS, split: str = "val") -> ValTokens:
+    from ..data.shards import load_split_tokens
+
+    if budget < 1:
+        raise UserError(f"--val-tokens must be positive, got {budget}")
+    data_dir = Path(data_dir)
+    tokens = np.array(load_split_tokens(data_dir, split)[: budget + 1], dtype=np.uint16)
+    if len(tokens) < 2:
+        raise UserError(f"{data_dir}: the {split} split holds {len(tokens)} tokens")
+    if int(tokens.max()) >= N_VOCAB:
+        raise UserError(f"{data_dir}: token ids >= {N_VOCAB} in the {split} split (not GPT-2 tokens)")
+    return ValTokens(tokens=tokens, source=str(data_dir), sha=hashlib.sha256(tokens.tobytes()).hexdigest())
+
+
+@functools.lru_cache(maxsize=1)
+def token_bytes() -> np.ndarray:
+    """UTF-8 byte length of every GPT-2 token (0 for <|endoftext|>)."""
+    tok = gpt2()
+    lens = np.array([len(tok.decode_bytes([i])) for i in range(N_VOCAB)], dtype=np.int64)
+    lens[EOT] = 0
+    return lens
+
+
+@torch.no_grad()
+def val_loss(model, vt: ValTokens, seq_len: int | None = None, batch_size: int = 8,
+             device: str | torch.device = "cpu") -> dict:
+    """{"loss", "bpb", "n_tokens", "n_bytes", "seq_len", "windows_sha"} of `model` (our Transformer).
+
+    `seq_len` None: min(1024, the model's context)."""
+    ctx = model.cfg.context_length
+    seq_len = seq_len or min(1024, ctx)
+    if seq_len > ctx:
+        raise UserError(f"validation windows of {seq_len} tokens exceed the model's context {ctx}; "
+                        "pass a smaller --val-seq-len")
+    windows = vt.windows(seq_len)
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)  # read once at the end: no sync per batch
+    for i in range(0, len(windows), batch_size):
+        w = torch.from_numpy(windows[i: i + batch_size].astype(np.int64)).to(device)
+        logits = model(w[:, :-1])[..., :N_VOCAB].float()
+        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+                                                   reduction="sum")
+    total = total.item()
+    n_tokens = windows.shape[0] * seq_len
+    n_bytes = int(token_bytes()[windows[:, 1:].astype(np.int64)].sum())
+    return {
+        "loss": total / n_tokens,
+        "bpb": total / math.log(2) / n_bytes if n_bytes else None,
+        "n_tokens": n_tokens,
+        "n_bytes": n_bytes,
+        "seq_len": seq_len,
+        "windows_sha": hashlib.sha256(f"{seq_len}\n".encode() + windows.tobytes()).hexdigest(),
+    }

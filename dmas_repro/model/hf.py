@@ -1,0 +1,341 @@
+"""Conversion between our model and `transformers.LlamaForCausalLM` directories.
+
+Released DMaS-LLaMa-Lite checkpoints are float32 `LlamaForCausalLM` directories whose
+embedding and LM head were sliced from the training vocab (50304) to GPT-2's 50257 rows.
+`from_hf` pads them back; `save_hf` slices exactly as the release did.
+
+One deliberate difference from the release: the released generation_config.json says
+bos/eos = 1/2, ids that are ordinary GPT-2 tokens, so `generate` never stops there. We write
+bos = eos = pad = 50256 (<|endoftext|>), which makes `generate` stop where the model does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..core.errors import UserError
+from ..core.files import atomic_dir
+from .tokenizer import ENCODER_JSON, EOT, VOCAB_BPE, hf_tokenizer
+from .transformer import GPT2_VOCAB, ModelConfig, Transformer
+
+MAX_SHARD_BYTES = 5 * 1000**3  # the release used 5 GB shards
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+
+
+# ---------------------------------------------------------------- names
+def name_map(n_layer: int) -> dict[str, str]:
+    """our parameter name -> transformers LlamaForCausalLM name."""
+    m = {
+        "tok_embeddings.weight": "model.embed_tokens.weight",
+        "norm.weight": "model.norm.weight",
+        "lm_head.weight": "lm_head.weight",
+    }
+    per_layer = {
+        "attn_norm.weight": "input_layernorm.weight",
+        "attn.wq.weight": "self_attn.q_proj.weight",
+        "attn.wk.weight": "self_attn.k_proj.weight",
+        "attn.wv.weight": "self_attn.v_proj.weight",
+        "attn.wo.weight": "self_attn.o_proj.weight",
+        "mlp_norm.weight": "post_attention_layernorm.weight",
+        "mlp.w_gate.weight": "mlp.gate_proj.weight",
+        "mlp.w_up.weight": "mlp.up_proj.weight",
+        "mlp.w_down.weight": "mlp.down_proj.weight",
+    }
+    for i in range(n_layer):
+        for ours, theirs in per_layer.items():
+            m[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
+    return m
+
+
+_VOCAB_ROWS = ("tok_embeddings.weight", "lm_head.weight")
+
+
+# ---------------------------------------------------------------- configs
+def config_to_hf_dict(cfg: ModelConfig, vocab_size: int = GPT2_VOCAB) -> dict:
+    """A LlamaConfig dict for our architecture (vocab sliced to `vocab_size`)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": EOT,
+        "eos_token_id": EOT,
+        "pad_token_id": EOT,
+        "hidden_act": "silu",
+        "hidden_size": cfg.dim,
+        "head_dim": cfg.head_dim,
+        "initializer_range": cfg.init_std,
+        "intermediate_size": cfg.ffn_dim,
+        "max_position_embeddings": cfg.context_length,
+        "mlp_bias": False,
+        "num_attention_heads": cfg.n_head,
+        "num_hidden_layers": cfg.n_layer,
+        "num_key_value_heads": cfg.n_kv_head,
+        "pretraining_tp": 1,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_scaling": None,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+
+
+def config_from_hf_dict(d: dict, source: str = "config.json", pad_vocab: bool = True) -> ModelConfig:
+    """Our ModelConfig from a transformers 4.x or 5.x Llama config dict; refuse other architectures."""
+    problems = []
+    if d.get("model_type", "llama") != "llama":
+        problems.append(f"model_type is {d.get('model_type')!r}, not 'llama'")
+    arch = d.get("architectures") or ["LlamaForCausalLM"]
+    if arch != ["LlamaForCausalLM"]:
+        problems.append(f"architectures is {arch}, not ['LlamaForCausalLM']")
+    if d.get("tie_word_embeddings", False):
+        problems.append("tie_word_embeddings is true (DMaS-LLaMa-Lite has an untied LM head)")
+    for key in ("attention_bias", "mlp_bias"):
+        if d.get(key, False):
+            problems.append(f"{key} is true (the architecture has no biases)")
+    if d.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act is {d.get('hidden_act')!r}, not 'silu'")
+    rope = d.get("rope_parameters") or {}
+    scaling = d.get("rope_scaling")
+    rope_type = rope.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+    if scaling or (rope_type not in (None, "default")):
+        problems.append(f"rope scaling {scaling or rope} is set (the architecture uses plain RoPE)")
+    theta = rope.get("rope_theta", d.get("rope_theta"))
+    if theta is None:
+        problems.append("no rope_theta (neither top-level nor in rope_parameters)")
+    try:
+        hidden, heads = int(d["hidden_size"]), int(d["num_attention_heads"])
+        kv = int(d.get("num_key_value_heads") or heads)
+        head_dim = d.get("head_dim") or hidden // heads
+        if head_dim * heads != hidden:
+            problems.append(f"head_dim {head_dim} x {heads} heads != hidden_size {hidden}")
+        vocab = int(d["vocab_size"])
+        cfg_kw = dict(
+            n_layer=int(d["num_hidden_layers"]),
+            dim=hidden,
+            n_head=heads,
+            n_kv_head=kv,
+            ffn_dim=int(d["intermediate_size"]),
+            vocab_size=max(vocab, 50304) if (pad_vocab and vocab == GPT2_VOCAB) else vocab,
+            context_length=int(d.get("max_position_embeddings", 1024)),
+            rope_theta=float(theta or 0.0),
+            norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+            init_std=float(d.get("initializer_range", 0.02)),
+        )
+    except KeyError as e:
+        raise UserError(f"{source}: missing required key {e.args[0]!r}") from None
+    if problems:
+        raise UserError(f"{source}: not the DMaS-LLaMa-Lite architecture: " + "; ".join(problems))
+    return ModelConfig(**cfg_kw)
+
+
+def read_config(path: str | os.PathLike, pad_vocab: bool = True) -> ModelConfig:
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{cfg_path}: no config.json (is {path} a Hugging Face model directory?)")
+    try:
+        d = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    return config_from_hf_dict(d, str(cfg_path), pad_vocab)
+
+
+# ---------------------------------------------------------------- loading
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files of an HF directory, checked to exist."""
+    path = Path(path)
+    index = path / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{index}: unreadable shard index ({e})") from None
+        files = [path / f for f in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"{f}: shard listed in {SAFE_INDEX} is missing")
+        return files
+    single = path / SAFE_SINGLE
+    if single.is_file():
+        return [single]
+    raise UserError(f"{path}: no {SAFE_SINGLE} or {SAFE_INDEX} (only safetensors weights are read)")
+
+
+def _iter_tensors(files: list[Path]):
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    yield f, key, st.get_tensor(key)
+        except SafetensorError as e:
+            raise UserError(f"{f}: corrupt or truncated safetensors file ({e})") from None
+        except OSError as e:
+            raise UserError(f"{f}: cannot read ({e})") from None
+
+
+def _load_into(model: Transformer, tensors, source: str) -> None:
+    """Copy (file, hf_name, tensor) items into `model`, padding vocab rows; check completeness."""
+    reverse = {v: k for k, v in name_map(model.cfg.n_layer).items()}
+    params = dict(model.named_parameters())
+    seen = set()
+    for f, key, t in tensors:
+        if key.endswith("rotary_emb.inv_freq"):
+            continue
+        ours = reverse.get(key)
+        if ours is None:
+            raise UserError(f"{f}: unexpected tensor {key!r} for this architecture")
+        p = params[ours]
+        if ours in _VOCAB_ROWS and t.shape[0] <= p.shape[0] and t.shape[1:] == p.shape[1:]:
+            with torch.no_grad():
+                p[: t.shape[0]].copy_(t)
+                p[t.shape[0] :].zero_()
+        elif t.shape == p.shape:
+            with torch.no_grad():
+                p.copy_(t)
+        else:
+            raise UserError(f"{f}: tensor {key} has shape {list(t.shape)}, config says {list(p.shape)}")
+        seen.add(ours)
+        del t
+    missing = sorted(set(params) - seen)
+    if missing:
+        names = [name_map(model.cfg.n_layer)[m] for m in missing[:3]]
+        raise UserError(f"{source}: {len(missing)} tensors missing from the weights, e.g. {names}")
+
+
+def from_hf(path_or_model, dtype: torch.dtype | None = None, device="cpu", pad_vocab: bool = True) -> Transformer:
+    """Our model from an HF directory (or a LlamaForCausalLM instance).
+
+    Parameters are allocated once (uninitialised) and filled tensor by tensor from the
+    memory-mapped safetensors files, so peak memory is one model plus one tensor.
+    `pad_vocab` pads 50257 rows back to 50304 with zeros (as in training); logits of the
+    padding ids are then 0 and `generate` never picks them.
+    """
+    if isinstance(path_or_model, (str, os.PathLike)):
+        path = Path(path_or_model)
+        if not path.is_dir():
+            raise UserError(f"{path}: no such model directory")
+        cfg = read_config(path, pad_vocab)
+        files = weight_files(path)
+        tensors = _iter_tensors(files)
+        source = str(path)
+    else:
+        hf_model = path_or_model
+        cfg = config_from_hf_dict(hf_model.config.to_dict(), "model config", pad_vocab)
+        tensors = (("<model>", k, v) for k, v in hf_model.state_dict().items())
+        source = "model"
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device=device)
+    if dtype is not None:
+        model = model.to(dtype)
+    _load_into(model, tensors, source)
+    return model
+
+
+# ---------------------------------------------------------------- saving
+def hf_state_dict(model: Transformer, dtype: torch.dtype | None = None, vocab_size: int = GPT2_VOCAB) -> dict:
+    names = name_map(model.cfg.n_layer)
+    sd = {}
+    for ours, p in model.state_dict().items():
+        t = p.detach()
+        if ours in _VOCAB_ROWS:
+            t = t[:vocab_size]
+        if dtype is not None:
+            t = t.to(dtype)
+        sd[names[ours]] = t.contiguous().cpu()
+    return sd
+
+
+def to_hf(model: Transformer, dtype: torch.dtype | None = None):
+    """An in-memory transformers LlamaForCausalLM with our weights (vocab sliced to 50257)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(**config_to_hf_dict(model.cfg))
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(hf_cfg)
+    hf.load_state_dict(hf_state_dict(model, dtype), assign=True, strict=True)
+    if hasattr(hf.model, "rotary_emb"):  # its buffers were made on meta: build it again on CPU
+        hf.model.rotary_emb = type(hf.model.rotary_emb)(config=hf_cfg)
+    return hf.eval()
+
+
+def _torch_dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def save_hf(
+    model: Transformer,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype | None = torch.float32,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Write an HF directory that `AutoModelForCausalLM`/`AutoTokenizer` load offline.
+
+    Written into a temporary sibling and renamed into place: an interrupted export never
+    leaves a half-written directory behind.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    sd = hf_state_dict(model, dtype)
+    out_dtype = next(iter(sd.values())).dtype
+    with atomic_dir(out_dir) as tmp:
+        shards: list[dict] = [{}]
+        size = 0
+        for name, t in sd.items():
+            nbytes = t.numel() * t.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = t
+            size += nbytes
+        meta = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / SAFE_SINGLE), metadata=meta)
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / fname), metadata=meta)
+                weight_map.update({k: fname for k in shard})
+            total = sum(t.numel() * t.element_size() for t in sd.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        cfg = config_to_hf_dict(model.cfg)
+        cfg["torch_dtype"] = _torch_dtype_name(out_dtype)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        gen = {"bos_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        write_tokenizer_files(tmp)
+    return out_dir
+
+
+def write_tokenizer_files(out_dir: Path) -> None:
+    """tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json."""
+    tok = hf_tokenizer()
+    tok.save_pretrained(str(out_dir))
+    shutil.copyfile(ENCODER_JSON, out_dir / "vocab.json")
+    shutil.copyfile(VOCAB_BPE, out_dir / "merges.txt")
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    tc_path = out_dir / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+    tc.update(special)
+    # A class that transformers 4.x and 5.x both resolve to a tokenizer.json-backed GPT-2 tokenizer.
+    tc.update({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False})
+    tc.pop("backend", None)
+    tc_path.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "config.json").is_file() and ((p / SAFE_SINGLE).is_file() or (p / SAFE_INDEX).is_file())

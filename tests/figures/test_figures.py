@@ -1,0 +1,136 @@
+"""`make figures`: every manifest entry builds from a complete (synthetic) workspace with provenance;
+missing inputs skip one entry with a message naming the command to run; the Makefile target works."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from analysis_synth import write_workspace
+from PIL import Image
+
+import analysis
+from paper_figures import build
+from paper_figures.manifest import MANIFEST
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = write_workspace(tmp_path_factory.mktemp("ws"))
+    out = root / "out"
+    report = build.build(analysis.discover(root), out, n_boot=20, log=lambda *a: None)
+    return root, out, report
+
+
+def test_every_manifest_entry_builds_with_provenance(built):
+    root, out, report = built
+    assert report["failed"] == {} and report["skipped"] == {}
+    assert set(report["built"]) == {e.name for e in MANIFEST}
+    figures = [e for e in MANIFEST if e.kind == "figure"]
+    tables = [e for e in MANIFEST if e.kind == "table"]
+    assert len(figures) >= 6 and len(tables) >= 2
+    sha = hashlib.sha256((root / "results" / "offline" / "results.csv").read_bytes()).hexdigest()
+    for e in figures:
+        png, pdf = out / f"{e.name}.png", out / f"{e.name}.pdf"
+        assert png.stat().st_size > 5000 and pdf.read_bytes()[:5] == b"%PDF-"
+        side = json.loads((out / f"{e.name}.provenance.json").read_text())
+        assert side["inputs"] and side["script"] == e.script and "git_commit" in side
+        meta = json.loads(Image.open(png).text["Comment"])
+        assert meta["inputs"] == side["inputs"] and meta["git_commit"] == side["git_commit"]
+        assert str(side["git_commit"]).encode() in pdf.read_bytes()  # PDF info dictionary
+    acc = json.loads((out / "acc_vs_loss.provenance.json").read_text())
+    assert acc["inputs"]["results/offline/results.csv"] == sha
+    assert any(k.startswith("results/offline/items/") for k in acc["inputs"])
+    for e in tables:
+        for ext in ("md", "tex", "csv", "provenance.json"):
+            assert (out / f"{e.name}.{ext}").stat().st_size > 0
+        assert "inputs sha256" in (out / f"{e.name}.md").read_text().splitlines()[0]
+    assert (out / "README.md").is_file() and json.loads((out / "build.json").read_text())["built"]
+
+
+def test_tables_hold_generated_values(built):
+    import pandas as pd
+
+    from dmas_repro.model.transformer import PRESETS
+    from dmas_repro.train.config import PRESETS as TRAIN_PRESETS
+
+    _, out, _ = built
+    arch = pd.read_csv(out / "architecture.csv", index_col=0)
+    assert set(arch.columns) == set(TRAIN_PRESETS)
+    assert arch.loc["layers", "paper"] == f"{PRESETS['paper'].n_layer:,}"
+    assert arch.loc["parameters", "paper"] == "1,716,144,128"
+    scores = pd.read_csv(out / "scores_table.csv", index_col=0)
+    assert "tiny-sft-hf" in scores.index and "easy_task (acc_norm)" in scores.columns
+    tr = pd.read_csv(out / "transitions_table.csv")
+    easy = tr[(tr["series"] == "tiny") & (tr["task"] == "easy_task")].iloc[0]
+    assert easy["midpoint"] == pytest.approx(5.5, abs=0.3) and easy["emergence_rank"] == 1
+    q = (out / "qualitative_outputs.md").read_text()
+    assert "tiny-step_00000100" in q and "tiny-sft-hf" in q
+
+
+def test_missing_inputs_skip_with_the_command_to_run(tmp_path):
+    root = write_workspace(tmp_path / "ws", parts=("runs",))
+    out = tmp_path / "out"
+    lines = []
+    report = build.build(analysis.discover(root), out, log=lines.append)
+    assert report["failed"] == {}
+    assert {"training_curves", "architecture"} <= set(report["built"])
+    assert "eval-all-checkpoints" in report["skipped"]["scores_vs_tokens"]
+    assert "ablate resume" in report["skipped"]["resume_ablation"]
+    assert "analysis.weights" in report["skipped"]["weight_change"]
+    assert any("skipped scores_vs_tokens" in ln for ln in lines)
+    assert not (out / "scores_vs_tokens.png").exists() and (out / "training_curves.png").exists()
+
+
+def test_make_figures_target(tmp_path):
+    """`make figures` with the shipped examples: every entry builds but the overlay on the released suite
+    (its inputs need a GPU evaluation of the released checkpoints), which is skipped with its message."""
+    out = tmp_path / "out"
+    r = subprocess.run(["make", "-s", "figures", f"FIGURES_ARGS=--examples --out {out} --n-boot 20"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "build.json").read_text())
+    assert report["failed"] == {}
+    assert set(report["built"]) == {e.name for e in MANIFEST} - {"rerun_overlay"}, report
+    assert "rerun_overlay" in report["skipped"] and "eval-all-checkpoints" in r.stdout
+    for e in MANIFEST:
+        if e.name in report["built"]:
+            exts = ("png", "pdf") if e.kind == "figure" else ("md", "tex", "csv")
+            assert all((out / f"{e.name}.{x}").stat().st_size > 0 for x in exts), e.name
+
+
+def _env():
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_example_results_keep_only_small_files(tmp_path):
+    """make_example_results copies metrics, results, items, probes, summaries, weight tables; never weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mer", REPO / "scripts" / "make_example_results.py")
+    mer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mer)
+    work = tmp_path / "work"
+    keep = ["runs/tiny/metrics.jsonl", "runs/tiny/config.json", "runs/tiny/sft/metrics.jsonl",
+            "runs/ablate/resume/summary.json", "runs/ablate/resume/reference/metrics.jsonl",
+            "results/offline/results.csv", "results/offline/probes.jsonl",
+            "results/offline/items/tiny-step_00000010/hellaswag_dev.jsonl", "results/weights/tiny.csv"]
+    drop = ["runs/tiny/checkpoints/step_00000010/model.safetensors", "runs/tiny/checkpoints/step_00000010/config.json",
+            "runs/tiny/hf/config.json", "runs/tiny/hf/model.safetensors", "results/offline/units/x/val_loss.json",
+            "results/offline/.exports/tiny-step_00000010/model.safetensors", "data/bundled/train_000000.bin",
+            "runs/ablate/resume/reference/checkpoints/step_00000080/optimizer.pt"]
+    for f in keep + drop:
+        (work / f).parent.mkdir(parents=True, exist_ok=True)
+        (work / f).write_text("x")
+    dest = tmp_path / "examples"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("old")
+    files = mer.collect(work, dest)
+    assert sorted(str(f.relative_to(dest)) for f in files) == sorted(keep)
+    assert not (dest / "stale.txt").exists()
