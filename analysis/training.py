@@ -10,15 +10,9 @@ from .io import metrics_kind
 
 
 def ema(values, alpha: float = 0.1) -> np.ndarray:
-    """Exponential moving average with bias correction (as TensorBoard smooths a curve)."""
-    v = np.asarray(values, float)
-    out = np.empty_like(v)
-    acc, w = 0.0, 0.0
-    for i, x in enumerate(v):
-        acc = (1 - alpha) * acc + alpha * x
-        w = (1 - alpha) * w + alpha
-        out[i] = acc / w
-    return out
+    """Exponential moving average with bias correction (as TensorBoard smooths a curve): pandas'
+    `ewm(alpha=alpha, adjust=True).mean()`."""
+    return pd.Series(np.asarray(values, float)).ewm(alpha=alpha, adjust=True).mean().to_numpy()
 
 
 def auto_alpha(n: int) -> float:
