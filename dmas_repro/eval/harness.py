@@ -19,6 +19,7 @@ The suites are in `dmas_repro.eval.suites`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,28 +217,29 @@ def gold_indices(task, doc) -> list[int]:
     """The gold choice(s) of a multiple-choice doc, by the rule of lm-eval's `process_results`: the
     gold is `doc_to_text(doc)` when the options change the context (`multiple_input`: WinoGrande),
     else `doc_to_target(doc)`; an int is an index, a string is looked up among `doc_to_choice(doc)`,
-    a list gives several golds. An index lm-eval would reject (-100) raises."""
+    a list gives several golds. A gold that is not one of the choices is left out (lm-eval marks it
+    -100 and scores the item as wrong), so such an item has no gold."""
     choices = task.doc_to_choice(doc)
     raw = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
     out = []
     for g in raw if isinstance(raw, list) else [raw]:
         if isinstance(g, str):
             g = choices.index(g) if g in choices else -100
-        if not isinstance(g, int) or not 0 <= g < len(choices):
-            raise UserError(f"{task.task_name}: gold {raw!r} of a doc is not one of its {len(choices)} choices "
-                            "(lm-eval scores such an item as wrong); its items cannot be recorded")
-        out.append(int(g))
+        if isinstance(g, numbers.Integral) and 0 <= g < len(choices):
+            out.append(int(g))
     return out
 
 
 def item_records(task, name: str, samples: list[dict]) -> list[dict]:
     """One record per item from lm-eval's logged samples of one leaf task (see the module docstring).
 
-    Fields: doc_id; output_type; n_choices; golds (every gold index) and gold (the gold when there is
-    one); pred (argmax of the log-likelihoods, lm-eval's `acc` prediction); acc and acc_norm as
-    lm-eval logged them (None where the task has no such metric); metrics (every numeric per-sample
-    value lm-eval logged, e.g. truthfulqa_mc2's continuous "acc", lambada's "perplexity", which is
-    the item's log-likelihood); loglikelihoods (one per choice; one for a loglikelihood task);
+    Fields: doc_id; output_type; n_choices; golds (lm-eval's gold indices: one, several for a task
+    whose target is a list, none when its target is not a choice; truthfulqa_mc2's target is its
+    first true answer, its own score weighs all of them) and gold (the gold when there is one);
+    pred (argmax of the log-likelihoods, lm-eval's `acc` prediction); acc and acc_norm as lm-eval
+    logged them (None where the task has no such metric); metrics (every numeric per-sample value
+    lm-eval logged, e.g. truthfulqa_mc2's continuous "acc", lambada's "perplexity", which is the
+    item's log-likelihood); loglikelihoods (one per choice; one for a loglikelihood task);
     gold_loglikelihood and gold_nll_per_byte (of the single gold continuation); chance (the item's
     expected score under a model that gives every choice the same probability: |golds| / n_choices
     for lm-eval's default scoring, the task's own `process_results` at equal log-likelihoods for a
@@ -266,7 +268,7 @@ def item_records(task, name: str, samples: list[dict]) -> list[dict]:
                 uniform = task.process_results(doc, [(0.0, False)] * len(resps))
                 chance = _num(uniform.get("acc", next(iter(uniform.values())) if len(uniform) == 1 else None))
             else:
-                chance = len(set(golds)) / n_choices
+                chance = len(set(golds)) / n_choices if n_choices else None
                 if "acc" in metrics and metrics["acc"] != float(pred in golds):
                     raise RuntimeError(f"{name} doc {s['doc_id']}: gold {golds} and prediction {pred} disagree "
                                        f"with lm-eval's logged acc {metrics['acc']}")

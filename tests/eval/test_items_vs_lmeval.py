@@ -134,6 +134,11 @@ MMLU_B = [
     {"question": "What do bees make?", "subject": "bio", "choices": ["milk", "honey", "silk", "wax paper"],
      "answer": 1},
 ]
+TEXT_TARGET = [
+    {"q": "The sky on a clear day is", "opts": ["green", "blue", "loud"], "ans": "blue"},
+    {"q": "Snow is usually", "opts": ["white", "hot"], "ans": "purple"},  # not a choice
+    {"q": "Two plus two is", "opts": ["four", "five"], "ans": "four"},
+]
 MMLU_DEV = [
     {"question": "What is 1 + 1?", "subject": "x", "choices": ["1", "2", "3", "4"], "answer": 1},
     {"question": "Which is a mammal?", "subject": "x", "choices": ["shark", "whale", "trout", "eel"], "answer": 1},
@@ -197,6 +202,11 @@ def world(tmp_path_factory):
     (tasks / "t_mmlu.yaml").write_text(
         "group: t_mmlu\ntask:\n" + "".join(f"  - {n}\n" for n in MMLU_SUBTASKS)
         + "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\nmetadata:\n  version: 2\n")
+    # a target given as text, one of which is not among its doc's choices (lm-eval scores that item wrong)
+    (tasks / "t_text_target.yaml").write_text(
+        f"task: t_text_target\ndataset_path: json\n{_data_files(root, 't_text_target', {'validation': TEXT_TARGET})}"
+        "output_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: \"{{q}}\"\n"
+        "doc_to_target: \"{{ans}}\"\ndoc_to_choice: \"{{opts}}\"\nmetric_list:\n  - metric: acc\n")
     # a task whose items cannot be recorded (generated text, no log-likelihoods)
     (tasks / "t_generate.yaml").write_text(
         f"task: t_generate\ndataset_path: json\n{_data_files(root, 't_generate', {'validation': LAMBADA})}"
@@ -294,6 +304,16 @@ def test_group_items_per_subtask(world):
     assert rows[("t_mmlu", "acc")]["value"] == direct["results"]["t_mmlu"]["acc,none"]
     assert rows[("t_mmlu", "acc")]["n"] == len(every) and rows[("t_mmlu_bio", "acc")]["group"] == "t_mmlu"
     assert rows[("t_mmlu", "acc")]["num_fewshot"] == 2
+
+
+def test_text_targets_and_a_target_that_is_no_choice(world):
+    ours = harness.evaluate_task(world.lm, TaskSpec("t_text_target", 0), world.tm)
+    direct = _direct(world, "t_text_target", 0)
+    recs, samples = ours.items["t_text_target"], direct["samples"]["t_text_target"]
+    assert [r["golds"] for r in recs] == [[1], [], [0]] and [r["gold"] for r in recs] == [1, None, 0]
+    assert [r["acc"] for r in recs] == [s["acc"] for s in samples] and recs[1]["acc"] == 0
+    assert recs[1]["gold_nll_per_byte"] is None and recs[1]["chance"] == 0
+    assert [r["chance"] for r in recs] == [1 / 3, 0, 1 / 2]
 
 
 def test_a_task_whose_items_cannot_be_recorded_is_refused_before_any_model_call(world):
