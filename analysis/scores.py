@@ -16,17 +16,30 @@ from dmas_repro.eval.suites import base_task, headline_metric
 VAL_TASK = "val_loss"
 VAL_METRIC = "loss"
 
-# Accuracy of random guessing, used when per-item records (which give the number of choices) are absent.
+# Chance levels fixed by a task's definition: the expected headline score of a model that gives
+# every choice the same probability, where every item has the same number of choices and one gold
+# (lambada: an open vocabulary, 0). Per-item records give every task's level exactly
+# (`items.chance_level`); these are used without them. ARC has a few items with 3 or 5 choices
+# (1/4 is then approximate), and truthfulqa_mc2 has none: its level, the mean over items of
+# true answers / answers, comes from the items only (see `items.chance_levels`, the README table).
 CHANCE = {
-    "hellaswag": 0.25, "arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "openbookqa": 0.25,
-    "winogrande": 0.5, "boolq": 0.5, "lambada_openai": 0.0, "mmlu": 0.25, "truthfulqa_mc2": 0.5,
+    "hellaswag": 1 / 4, "arc_easy": 1 / 4, "arc_challenge": 1 / 4, "piqa": 1 / 2, "openbookqa": 1 / 4,
+    "winogrande": 1 / 2, "boolq": 1 / 2, "lambada_openai": 0.0, "mmlu": 1 / 4,
+}
+CHANCE_RULE = {
+    "hellaswag": "4 endings per item", "arc_easy": "1/choices per item (most have 4; a few 3 or 5)",
+    "arc_challenge": "1/choices per item (most have 4; a few 3 or 5)", "piqa": "2 solutions",
+    "openbookqa": "4 choices", "winogrande": "2 options", "boolq": "yes/no", "lambada_openai":
+    "open vocabulary (greedy match of the last word)", "mmlu": "4 choices (A-D)",
+    "truthfulqa_mc2": "mean over items of true answers / answers (what a uniform model scores)",
 }
 
 KEYS = ["series", "kind", "checkpoint", "step", "tokens"]
 
 
 def chance(task: str) -> float:
-    """Random-guess accuracy of a known task (NaN when unknown; per-item records give it exactly)."""
+    """The fixed chance level of a known task (`CHANCE`; NaN when the task has none, as
+    truthfulqa_mc2, or is unknown: per-item records give it exactly, `items.chance_level`)."""
     return CHANCE.get(base_task(task), np.nan)
 
 

@@ -9,6 +9,9 @@ The model (accuracy rises as loss falls):
 with `floor` fixed at the task's chance level. The *transition loss* is where the fitted curve
 reaches floor + margin, the margin being what n items need to tell accuracy from chance at level
 alpha (one-sided normal approximation of the binomial): margin = z_(1-alpha) * sqrt(c (1 - c) / n).
+For a continuous per-item score in [0, 1] (truthfulqa_mc2) "accuracy" is the mean score, c (1 - c)
+bounds its per-item variance (so the margin is conservative), and the per-checkpoint test against
+chance is a one-sample t-test of the items' score minus their own chance level.
 """
 
 from __future__ import annotations
@@ -102,23 +105,34 @@ def transition_loss(fit: SigmoidFit, n: int, alpha: float = 0.05) -> float:
     return fit.loss_at(fit.floor + significance_margin(fit.floor, n, alpha))
 
 
-def first_above_chance(acc, n, chance: float, alpha: float = 0.05) -> int:
+def first_above_chance(acc, n, chance: float, alpha: float = 0.05, values=None, item_chance=None) -> int:
     """Index of the first checkpoint (in training order) from which accuracy is significantly above
     chance (exact one-sided binomial test, Bonferroni-corrected over the checkpoints so a task at
-    chance is misplaced with probability <= alpha) at it and every later checkpoint; -1 if none."""
+    chance is misplaced with probability <= alpha) at it and every later checkpoint; -1 if none.
+
+    values: the [items, checkpoints] per-item values, when they are continuous: then each checkpoint
+    is tested with a one-sided one-sample t-test of value - item_chance (per item; default `chance`)."""
     acc = np.asarray(acc, float)
     n = np.broadcast_to(np.asarray(n, int), acc.shape)
     level = alpha / max(len(acc), 1)
-    sig = np.array([
-        stats.binomtest(int(round(a * k)), int(k), chance, alternative="greater").pvalue < level
-        if k > 0 and np.isfinite(a) and 0 < chance < 1 else (np.isfinite(a) and a > chance)
-        for a, k in zip(acc, n)
-    ])
+    if values is not None:
+        v = np.asarray(values, float)
+        c = np.full(len(v), chance) if item_chance is None else np.asarray(item_chance, float)
+        diff = v - c[:, None]
+        sig = np.array([bool(stats.ttest_1samp(diff[:, j], 0.0, alternative="greater").pvalue < level)
+                        if np.ptp(diff[:, j]) > 0 else bool(diff[0, j] > 0) for j in range(v.shape[1])])
+    else:
+        sig = np.array([
+            stats.binomtest(int(round(a * k)), int(k), chance, alternative="greater").pvalue < level
+            if k > 0 and np.isfinite(a) and 0 < chance < 1 else (np.isfinite(a) and a > chance)
+            for a, k in zip(acc, n)
+        ])
     suffix = np.flip(np.logical_and.accumulate(np.flip(sig)))
     return int(np.argmax(suffix)) if suffix.any() else -1
 
 
-def _summarise(loss, acc, n: int, chance: float, resampled, alpha: float, ci: float) -> dict:
+def _summarise(loss, acc, n: int, chance: float, resampled, alpha: float, ci: float, values=None,
+               item_chance=None) -> dict:
     """Fit the observed accuracies, refit every resampled accuracy vector, report percentile CIs.
 
     A fit that never leaves chance by the margin has no transition: its midpoint and slope are not
@@ -137,7 +151,7 @@ def _summarise(loss, acc, n: int, chance: float, resampled, alpha: float, ci: fl
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     mids, trans = np.asarray(mids), np.asarray(trans)
     ft = trans[np.isfinite(trans)]
-    first = first_above_chance(acc, n, chance, alpha)
+    first = first_above_chance(acc, n, chance, alpha, values, item_chance)
     quant = lambda v, i: float(np.quantile(v, q[i])) if len(v) else np.nan
     return {
         **{f"fit_{k}": v for k, v in fit.to_dict().items()},
@@ -156,18 +170,24 @@ def _summarise(loss, acc, n: int, chance: float, resampled, alpha: float, ci: fl
 
 
 def bootstrap_transition(correct: np.ndarray, loss, chance: float, n_boot: int = 200, seed: int = 0,
-                         alpha: float = 0.05, ci: float = 0.95) -> dict:
+                         alpha: float = 0.05, ci: float = 0.95, item_chance=None) -> dict:
     """Sigmoid midpoint and transition loss with percentile CIs from resampling items.
 
-    correct: [items, checkpoints] 0/1 matrix; loss: the checkpoints' validation losses. The same
-    resampled items are used at every checkpoint (items are the unit of sampling). Also reports
-    the discrete transition: the first checkpoint from which accuracy stays significantly above chance.
+    correct: [items, checkpoints] matrix of per-item values (0/1, or a continuous score such as
+    truthfulqa_mc2's); loss: the checkpoints' validation losses; item_chance: each item's chance
+    level (for continuous values; default `chance` for all). The same resampled items are used at
+    every checkpoint (items are the unit of sampling). Also reports the discrete transition: the
+    first checkpoint from which accuracy stays significantly above chance.
     """
+    from .items import is_binary
+
     correct = np.asarray(correct, float)
     n_items = correct.shape[0]
     rng = np.random.default_rng(seed)
     resampled = (correct[rng.integers(0, n_items, n_items)].mean(axis=0) for _ in range(n_boot))
-    return _summarise(loss, correct.mean(axis=0), n_items, chance, resampled, alpha, ci)
+    continuous = not is_binary(correct)
+    return _summarise(loss, correct.mean(axis=0), n_items, chance, resampled, alpha, ci,
+                      correct if continuous else None, item_chance if continuous else None)
 
 
 def parametric_transition(loss, acc, n, chance: float, n_boot: int = 200, seed: int = 0,
@@ -186,11 +206,12 @@ def task_transitions(results: pd.DataFrame, items: pd.DataFrame | None = None, n
     """One row per (series, task) of base checkpoints: sigmoid fit, transition loss with CIs.
 
     Uses per-item records (bootstrap over items) where they exist for the task, else the aggregate
-    accuracies (parametric bootstrap). Chance levels come from the items' numbers of choices, else
-    from `chance` (task -> level), else `scores.CHANCE`; tasks with no known chance level or fewer
-    than 3 checkpoints with a validation loss are skipped.
+    accuracies (parametric bootstrap). Chance levels come from the items (`items.chance_level`:
+    their recorded chance, e.g. true answers / answers for truthfulqa_mc2), else from `chance`
+    (task -> level), else `scores.CHANCE`; tasks with no known chance level or fewer than 3
+    checkpoints with a validation loss are skipped.
     """
-    from .items import chance_level, item_matrix
+    from .items import chance_level, item_chance, item_matrix
     from .scores import chance as chance_of
     from .scores import scores
 
@@ -210,8 +231,10 @@ def task_transitions(results: pd.DataFrame, items: pd.DataFrame | None = None, n
                 keep = loss.notna().to_numpy()
                 if keep.sum() < 3:
                     raise KeyError(task)
+                ic = item_chance(items, task)
                 r = bootstrap_transition(m.to_numpy()[:, keep], loss.to_numpy()[keep],
-                                         chance_level(items, task), n_boot, seed, alpha)
+                                         chance_level(items, task), n_boot, seed, alpha,
+                                         item_chance=None if ic is None else ic.reindex(m.index).to_numpy())
                 cks = list(np.asarray(m.columns)[keep])
                 r["source"] = "items"
             else:

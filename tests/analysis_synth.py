@@ -23,6 +23,26 @@ TASKS = {  # task: (chance, ceiling, midpoint, slope, n choices)
 }
 N_ITEMS = 600
 INSTRUCT_DELTA = 0.05
+# A truthfulqa_mc2-shaped task: per-item values are continuous (the probability mass on the true
+# answers); item i has K[i] answers of which T[i] are true, so a uniform model scores T/K on it.
+MC2_TASK = "mc2_task"
+MC2_ITEMS = 400
+MC2_MID, MC2_SLOPE = 4.5, 4.0  # planted: the mean score follows a sigmoid in loss around this midpoint
+MC2_NOISE = 0.03
+
+
+def planted_mc2(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(answers K, true answers T, [items, checkpoints] scores) of the mc2-shaped task: item i scores
+    its chance T/K plus (1 - T/K) W_i times a sigmoid in loss, plus N(0, MC2_NOISE) noise, kept
+    inside [0, 1] (W_i in [0.3, 0.8]: the mean score is the planted sigmoid up to the noise)."""
+    rng = np.random.default_rng(1000 + seed)
+    k = rng.integers(2, 8, MC2_ITEMS)
+    t = np.array([rng.integers(1, ki) for ki in k])
+    w = rng.uniform(0.3, 0.8, MC2_ITEMS)
+    c = t / k
+    g = 1.0 / (1.0 + np.exp(MC2_SLOPE * (LOSSES - MC2_MID)))
+    v = c[:, None] + ((1 - c) * w)[:, None] * g[None, :] + rng.normal(0, MC2_NOISE, (MC2_ITEMS, len(LOSSES)))
+    return k, t, v.clip(0.0, 1.0)
 
 
 def sigmoid(loss, chance, ceiling, mid, slope):
@@ -65,6 +85,16 @@ def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items"
         for metric in ("acc", "acc_norm"):
             res_rows.append(dict(checkpoint="tiny-sft-hf", step=int(STEPS[-1]), tokens=int(TOKENS[-1]), kind="instruct",
                                  task=t, metric=metric, value=acc_inst, stderr=0.01, n=N_ITEMS))
+    k, t, v = planted_mc2(seed)
+    for j, ck in enumerate(cks):
+        res_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), kind="base", task=MC2_TASK,
+                             metric="acc", value=v[:, j].mean(), stderr=v[:, j].std(ddof=1) / np.sqrt(MC2_ITEMS),
+                             n=MC2_ITEMS))
+        for i in range(MC2_ITEMS):
+            item_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), task=MC2_TASK, doc_id=i,
+                                  gold=0, golds=[0], pred=0, acc=float(v[i, j]), acc_norm=None,
+                                  metrics={"acc": float(v[i, j])}, loglikelihoods=list(rng.normal(-10, 1, k[i])),
+                                  gold_nll_per_byte=1.0, chance=float(t[i] / k[i]), n_choices=int(k[i])))
     for j, ck in enumerate(cks):
         res_rows.append(dict(checkpoint=ck, step=int(STEPS[j]), tokens=int(TOKENS[j]), kind="base", task="val_loss",
                              metric="loss", value=float(LOSSES[j]), stderr=np.nan, n=1000))

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ("benchmarks", "val_loss", "probes")
 DEFAULT_VAL_DATA = Path("data/bundled")
+PAPER_VAL_DATA = Path("data/fineweb-edu")  # `prepare-data --source fineweb-edu`: the paper's corpus
 
 
 def _limit(s: str) -> float:
@@ -77,7 +78,8 @@ class EvalConfig:
                                      "ones are deleted")
     shard: str | None = opt(None, "evaluate only every N-th checkpoint from i (0-based)", metavar="i/N")
     val_data: str | None = opt(None, f"prepare-data directory; its val split gives the validation loss "
-                                     f"(default {DEFAULT_VAL_DATA})")
+                                     f"(default: {PAPER_VAL_DATA} for released checkpoints when it exists, "
+                                     f"else {DEFAULT_VAL_DATA})")
     val_tokens: int = opt(20 * 32 * 1024, "validation token budget")
     val_seq_len: int | None = opt(None, "validation window length (default: 1024, or the model's context if "
                                         "shorter)")
@@ -98,13 +100,22 @@ def resolve_batch_size(bs: str, device: str) -> str | int:
     raise UserError(f"--batch-size {bs!r}: a positive integer, auto or auto:N")
 
 
-def _val_dir(cfg: EvalConfig) -> Path | None:
+def _val_dir(cfg: EvalConfig, ckpts) -> Path | None:
+    """--val-data, else the FineWeb-Edu split (the paper's corpus) when released checkpoints are
+    evaluated and it has been prepared, else data/bundled when present."""
     if cfg.val_data:
         p = Path(cfg.val_data)
         if not p.is_dir():
             raise UserError(f"--val-data {p}: no such directory")
         return p
-    return DEFAULT_VAL_DATA if (DEFAULT_VAL_DATA / "manifest.json").is_file() else None
+    from ..model.released import rows
+
+    released = {r["repo_id"] for r in rows()}
+    default = [PAPER_VAL_DATA] if any(ck.repo_id in released for ck in ckpts) else []
+    for d in default + [DEFAULT_VAL_DATA]:
+        if (d / "manifest.json").is_file():
+            return d
+    return None
 
 
 def _error_text(e: BaseException) -> str:
@@ -133,12 +144,13 @@ def run(cfg: EvalConfig) -> int:
     ckpts = sources.shard(sources.parse(list(cfg.checkpoints)), cfg.shard)
 
     parts = list(cfg.parts)
-    val_dir = _val_dir(cfg) if "val_loss" in parts else None
+    val_dir = _val_dir(cfg, ckpts) if "val_loss" in parts else None
     if "val_loss" in parts and val_dir is None:
         if cfg.parts_explicit:
             raise UserError(f"--parts val_loss needs validation tokens: pass --val-data DIR (a prepare-data "
-                            f"directory; {DEFAULT_VAL_DATA} does not exist)")
-        log.info(f"note: no validation data ({DEFAULT_VAL_DATA} does not exist, no --val-data): skipping val_loss")
+                            f"directory; neither {PAPER_VAL_DATA} nor {DEFAULT_VAL_DATA} exists)")
+        log.info(f"note: no validation data (no --val-data; neither {PAPER_VAL_DATA} nor {DEFAULT_VAL_DATA} "
+                 "exists): skipping val_loss")
         parts.remove("val_loss")
     probe_cfg = None
     if "probes" in parts:
@@ -163,6 +175,7 @@ def run(cfg: EvalConfig) -> int:
             settings[f"num_fewshot/{s.name}"] = s.num_fewshot
     if val_set is not None:
         settings["val/tokens_sha"] = val_set.sha
+        settings["val/corpus"] = val_set.corpus
         settings["val/seq_len"] = cfg.val_seq_len or "min(1024, context)"
     if probe_cfg is not None:
         settings.update({"probes/set": probe_cfg.prompt_set, "probes/seeds": list(probe_cfg.seeds),
@@ -173,6 +186,8 @@ def run(cfg: EvalConfig) -> int:
     todo = [(ck, [u for u in units if not store.done(ck.label, u)]) for ck in ckpts]
     todo = [(ck, pending) for ck, pending in todo if pending]
     log.info(f"{len(ckpts)} checkpoint(s) in this shard, {len(todo)} with work left; results in {out}")
+    if val_set is not None and any("val_loss" in pending for _, pending in todo):
+        _say_val_corpus(val_dir, val_set)
     tm = None
     bench_pending = {s.name for _, pending in todo for s in specs if s.name in pending}
     if bench_pending:
@@ -225,6 +240,17 @@ def run(cfg: EvalConfig) -> int:
     return 1 if failed else 0
 
 
+def _say_val_corpus(val_dir: Path, val_set) -> None:
+    """Which corpus the validation loss measures; once per run, that it is not the paper's unless it is."""
+    from .valloss import PAPER_CORPUS, comparable_with_paper
+
+    log.info(f"validation loss on {val_dir}: corpus {val_set.corpus}, manifest sha256 {val_set.manifest_sha256}")
+    if not comparable_with_paper(val_set):
+        log.warning(f"note: validation loss on the {val_set.corpus} corpus is not comparable with the paper's "
+                    f"(measured on {PAPER_CORPUS}: `dmas-repro prepare-data --source fineweb-edu --out "
+                    f"{PAPER_VAL_DATA}`, then --val-data {PAPER_VAL_DATA})")
+
+
 def _report(label: str, part: str, e: BaseException) -> None:
     if not isinstance(e, UserError):
         traceback.print_exception(e, file=sys.stderr)
@@ -253,7 +279,7 @@ def _benchmarks(cfg, store, tm, local, meta, specs, device, dtype, batch_size, s
             log.info(f"{label}: {s.name} (few-shot {s.num_fewshot}, limit {s.limit})")
             part = f"benchmarks/{s.name}"
             try:
-                res = benchmarks.evaluate_task(lm, s, tm)
+                res = benchmarks.evaluate_task(lm, s, tm, items=cfg.items)
                 bs = benchmarks.used_batch_size(lm, batch_size)
                 rows = [{**meta, **r, "batch_size": bs} for r in res.rows]
                 items = None
@@ -317,7 +343,8 @@ def _val_loss(cfg, store, model, meta, val_set, device) -> None:
     r = val_loss(model, val_set, cfg.val_seq_len, batch_size=cfg.val_batch_size, device=device)
     base = {**meta, "task": "val_loss", "n": r["n_tokens"], "task_hash": r["windows_sha"], "batch_size":
             str(cfg.val_batch_size), "stderr": None, "num_fewshot": None, "group": None,
-            "task_version": f"seq_len={r['seq_len']}", "limit": None}
+            "task_version": f"seq_len={r['seq_len']}", "limit": None, "corpus": val_set.corpus,
+            "corpus_manifest_sha256": val_set.manifest_sha256}
     rows = [{**base, "metric": "loss", "value": r["loss"]}]
     if r["bpb"] is not None:
         rows.append({**base, "metric": "bpb", "value": r["bpb"]})

@@ -5,20 +5,29 @@ call per task, so each (checkpoint, task) is stored as soon as it is done. lm-ev
 cache (`use_cache`) is never used: it is keyed by request, not by model, and would hand one
 checkpoint's answers to the next.
 
-From lm-eval's per-sample log we keep one record per item (choice log-likelihoods, prediction,
-correctness) and a continuous score next to accuracy: the negative log-likelihood of the gold
-continuation per UTF-8 byte (nats/byte; divide by ln 2 for bits per byte, as OLMo's bpb).
+Per-item records come from what lm-eval logged for each sample (`log_samples=True`): its doc id,
+its requests' arguments and log-likelihoods, and the per-sample metric values it computed (acc,
+acc_norm, truthfulqa_mc2's continuous score, lambada's acc and log-likelihood, ...), unchanged.
+lm-eval does not log the gold index of a multiple-choice item; it is taken with lm-eval's own rule
+on the logged doc (`doc_to_text` when the options change the context, as in WinoGrande, else
+`doc_to_target`; a string is looked up among `doc_to_choice`), and checked against lm-eval's logged
+accuracy. Next to accuracy each item gets a continuous score: the negative log-likelihood of its
+gold continuation per UTF-8 byte (nats/byte; divide by ln 2 for bits per byte, as OLMo's bpb).
 The suites are in `dmas_repro.eval.suites`.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import UserError
 from .suites import TASKS_DIR, TaskSpec
+
+# Output types whose samples hold log-likelihoods: the ones per-item records are made for.
+RECORDED_TYPES = ("multiple_choice", "loglikelihood")
 
 
 def task_manager(names: list[str], include_paths: list[str] | None = None):
@@ -58,16 +67,50 @@ def used_batch_size(lm, requested) -> str:
 @dataclass
 class TaskResult:
     rows: list[dict]  # long-form metric rows (without checkpoint columns)
-    items: dict[str, list[dict]]  # leaf task -> one record per item
+    items: dict[str, list[dict]]  # leaf task -> one record per item (empty without items)
 
 
-def evaluate_task(lm, spec: TaskSpec, tm) -> TaskResult:
-    """One lm-eval call for one task (a group such as mmlu gives a row per subtask and one for the group)."""
+def load_tasks(name: str, tm) -> tuple[list, dict]:
+    """lm-eval's task objects for `name`: (the top-level tasks/groups to evaluate, leaf name -> task)."""
+    loaded = tm.load([name])
+    children = {c for kids in (loaded.get("group_map") or {}).values() for c in kids}
+    groups = loaded.get("groups") or {}
+    top = [g for n, g in groups.items() if n not in children]
+    top += [t for n, t in loaded["tasks"].items() if n not in children]
+    return top, dict(loaded["tasks"])
+
+
+def check_recordable(name: str, leaves: dict) -> None:
+    """One clear error when a task's items cannot be recorded (no log-likelihoods to record)."""
+    from lm_eval.api.task import ConfigurableTask
+
+    bad = {n: t.OUTPUT_TYPE for n, t in leaves.items()
+           if not isinstance(t, ConfigurableTask) or t.OUTPUT_TYPE not in RECORDED_TYPES}
+    if bad:
+        said = ", ".join(f"{n} ({'a Python task class' if not isinstance(leaves[n], ConfigurableTask) else o})"
+                         for n, o in sorted(bad.items()))
+        raise UserError(f"{name}: per-item records are made for YAML tasks of output type "
+                        f"{' or '.join(RECORDED_TYPES)}; not for {said}: run it with --no-items")
+
+
+def evaluate_task(lm, spec: TaskSpec, tm, items: bool = True) -> TaskResult:
+    """One lm-eval call for one task (a group such as mmlu gives a row per subtask and one for the group).
+
+    Per-item records (and the gold_nll_per_byte rows) are made whenever the task's items can be
+    recorded; `items`: they are wanted, so a task whose items cannot be recorded is refused before
+    any model call (without `items` it gets lm-eval's metric rows only)."""
     import lm_eval
 
+    top, leaves = load_tasks(spec.name, tm)
+    try:
+        check_recordable(spec.name, leaves)
+    except UserError:
+        if items:
+            raise
+        leaves = None  # rows only
     res = lm_eval.simple_evaluate(
         model=lm,
-        tasks=[spec.name],
+        tasks=top,
         num_fewshot=spec.num_fewshot,
         limit=spec.limit,
         task_manager=tm,
@@ -77,7 +120,7 @@ def evaluate_task(lm, spec: TaskSpec, tm) -> TaskResult:
     )
     if res is None:
         raise RuntimeError(f"lm-eval returned no results for {spec.name} (not rank 0?)")
-    return result_from_lm_eval(res, spec)
+    return result_from_lm_eval(res, spec, leaves)
 
 
 def _split_metric(key: str) -> tuple[str, str] | None:
@@ -88,6 +131,8 @@ def _split_metric(key: str) -> tuple[str, str] | None:
 
 
 def _num(v) -> float | None:
+    if isinstance(v, (list, tuple, dict, str)) or v is None:
+        return None
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -95,26 +140,28 @@ def _num(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def result_from_lm_eval(res: dict, spec: TaskSpec) -> TaskResult:
-    """Rows and per-item records from a `simple_evaluate` result with samples."""
+def result_from_lm_eval(res: dict, spec: TaskSpec, leaves: dict | None) -> TaskResult:
+    """Rows and per-item records from a `simple_evaluate` result with samples.
+
+    leaves: leaf task name -> lm-eval task object (for the gold of each item); None: no items."""
     from lm_eval.utils import hash_string
 
     samples = res.get("samples") or {}
-    items = {leaf: item_records(leaf, s) for leaf, s in samples.items()}
+    items = {leaf: item_records(leaves[leaf], leaf, s) for leaf, s in samples.items()} if leaves is not None else {}
     leaf_hash = {leaf: hash_string("".join(x["doc_hash"] + x["prompt_hash"] + x["target_hash"] for x in s))
                  for leaf, s in samples.items()}
     children = _leaves(res, spec.name, set(samples))
     n_samples = res.get("n-samples", {})
     rows = []
     for task, metrics in res["results"].items():
-        leaves = children.get(task, [task])
-        n = sum(int(n_samples.get(t, {}).get("effective", 0)) for t in leaves) or None
-        task_hash = leaf_hash.get(task) or hash_string("".join(leaf_hash.get(t, "") for t in sorted(leaves)))
+        leaves_of = children.get(task, [task])
+        n = sum(int(n_samples.get(t, {}).get("effective", 0)) for t in leaves_of) or None
+        task_hash = leaf_hash.get(task) or hash_string("".join(leaf_hash.get(t, "") for t in sorted(leaves_of)))
         base = {
             "task": task,
             "group": spec.name if task != spec.name else None,
             "n": n,
-            "num_fewshot": _fewshot(res, task, leaves),
+            "num_fewshot": _fewshot(res, task, leaves_of),
             "limit": spec.limit,
             "task_version": _version(res, task),
             "task_hash": task_hash,
@@ -127,7 +174,8 @@ def result_from_lm_eval(res: dict, spec: TaskSpec) -> TaskResult:
             name = metric if filt == "none" else f"{metric},{filt}"
             stderr = _num(metrics.get(f"{metric}_stderr,{filt}"))
             rows.append({**base, "metric": name, "value": _num(value), "stderr": stderr})
-        nll = [x["gold_nll_per_byte"] for t in leaves for x in items.get(t, []) if x["gold_nll_per_byte"] is not None]
+        nll = [x["gold_nll_per_byte"] for t in leaves_of for x in items.get(t, [])
+               if x["gold_nll_per_byte"] is not None]
         if nll:
             mean = sum(nll) / len(nll)
             sd = math.sqrt(sum((v - mean) ** 2 for v in nll) / (len(nll) - 1)) if len(nll) > 1 else None
@@ -164,53 +212,83 @@ def _version(res: dict, task: str) -> str | None:
     return None if v is None else str(v)
 
 
-def item_records(task: str, samples: list[dict]) -> list[dict]:
-    """One record per benchmark item from lm-eval's logged samples."""
+# ---------------------------------------------------------------- per-item records
+def gold_indices(task, doc) -> list[int]:
+    """The gold choice(s) of a multiple-choice doc, by the rule of lm-eval's `process_results`: the
+    gold is `doc_to_text(doc)` when the options change the context (`multiple_input`: WinoGrande),
+    else `doc_to_target(doc)`; an int is an index, a string is looked up among `doc_to_choice(doc)`,
+    a list gives several golds. A gold that is not one of the choices is left out (lm-eval marks it
+    -100 and scores the item as wrong), so such an item has no gold."""
+    choices = task.doc_to_choice(doc)
+    raw = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
     out = []
-    for s in samples:
-        resps = s.get("filtered_resps") or []
-        lls = [float(r[0]) for r in resps if isinstance(r, (list, tuple)) and len(r) == 2 and _num(r[0]) is not None]
-        if len(lls) != len(resps):
-            lls = []
-        conts = [a[1] for a in s.get("arguments", []) if isinstance(a, (list, tuple)) and len(a) >= 2]
-        gold = _gold(s.get("target"), conts)
-        pred = None
-        if len(lls) > 1:
-            pred = max(range(len(lls)), key=lls.__getitem__)
-        elif len(lls) == 1:
-            pred = 0 if resps[0][1] else None  # loglikelihood tasks: is the gold the greedy continuation
-        nll = None
-        if gold is not None and gold < len(lls) and gold < len(conts) and isinstance(conts[gold], str):
-            nbytes = len(conts[gold].encode("utf-8"))
-            nll = -lls[gold] / nbytes if nbytes else None
-        metrics = {k: _num(s[k]) for k in s.get("metrics", []) if k in s}
-        out.append({
-            "task": task,
-            "doc_id": s.get("doc_id"),
-            "gold": gold,
-            "pred": pred,
-            "acc": metrics.get("acc"),
-            "acc_norm": metrics.get("acc_norm"),
-            "loglikelihoods": lls,
-            "gold_nll_per_byte": nll,
-            "metrics": metrics,
-        })
+    for g in raw if isinstance(raw, list) else [raw]:
+        if isinstance(g, str):
+            g = choices.index(g) if g in choices else -100
+        if isinstance(g, numbers.Integral) and 0 <= g < len(choices):
+            out.append(int(g))
     return out
 
 
-def _gold(target, conts: list) -> int | None:
-    if isinstance(target, bool):
-        return int(target)
-    if isinstance(target, int):
-        return target
-    if isinstance(target, (list, tuple)) and target and isinstance(target[0], int):
-        return target[0]  # several correct choices: the first
-    if isinstance(target, str):
-        if len(conts) == 1:
-            return 0
-        stripped = [c.strip() if isinstance(c, str) else c for c in conts]
-        if target.strip() in stripped:
-            return stripped.index(target.strip())
-        if target.isdigit():
-            return int(target)
-    return None
+def item_records(task, name: str, samples: list[dict]) -> list[dict]:
+    """One record per item from lm-eval's logged samples of one leaf task (see the module docstring).
+
+    Fields: doc_id; output_type; n_choices; golds (lm-eval's gold indices: one, several for a task
+    whose target is a list, none when its target is not a choice; truthfulqa_mc2's target is its
+    first true answer, its own score weighs all of them) and gold (the gold when there is one);
+    pred (argmax of the log-likelihoods, lm-eval's `acc` prediction); acc and acc_norm as lm-eval
+    logged them (None where the task has no such metric); metrics (every numeric per-sample value
+    lm-eval logged, e.g. truthfulqa_mc2's continuous "acc", lambada's "perplexity", which is the
+    item's log-likelihood); loglikelihoods (one per choice; one for a loglikelihood task);
+    gold_loglikelihood and gold_nll_per_byte (of the single gold continuation); chance (the item's
+    expected score under a model that gives every choice the same probability: |golds| / n_choices
+    for lm-eval's default scoring, the task's own `process_results` at equal log-likelihoods for a
+    task with its own scoring such as truthfulqa_mc2, 0 for an open-vocabulary loglikelihood task)."""
+    out = []
+    seen = set()
+    own_scoring = callable(task.config.process_results)
+    for s in samples:
+        if s["doc_id"] in seen:
+            raise UserError(f"{name}: several lm-eval filters log each item more than once; per-item records "
+                            "need one filter: run it with --no-items")
+        seen.add(s["doc_id"])
+        resps = s["filtered_resps"]
+        lls = [float(r[0]) for r in resps]
+        conts = [a[1] for a in s["arguments"]]
+        metrics = {k: _num(s[k]) for k in s["metrics"] if _num(s.get(k)) is not None}
+        doc = s["doc"]
+        if task.OUTPUT_TYPE == "loglikelihood":
+            golds, n_choices, pred, chance = [0], 1, None, 0.0
+        else:
+            n_choices = len(task.doc_to_choice(doc))
+            lls, conts = lls[:n_choices], conts[:n_choices]  # (acc_mutual_info appends unconditional ones)
+            golds = gold_indices(task, doc)
+            pred = max(range(n_choices), key=lls.__getitem__)
+            if own_scoring:
+                uniform = task.process_results(doc, [(0.0, False)] * len(resps))
+                chance = _num(uniform.get("acc", next(iter(uniform.values())) if len(uniform) == 1 else None))
+            else:
+                chance = len(set(golds)) / n_choices if n_choices else None
+                if "acc" in metrics and metrics["acc"] != float(pred in golds):
+                    raise RuntimeError(f"{name} doc {s['doc_id']}: gold {golds} and prediction {pred} disagree "
+                                       f"with lm-eval's logged acc {metrics['acc']}")
+        gold = golds[0] if len(golds) == 1 else None
+        gold_ll = lls[gold] if gold is not None else None
+        nbytes = len(conts[gold].encode("utf-8")) if gold is not None else 0
+        out.append({
+            "task": name,
+            "doc_id": s["doc_id"],
+            "output_type": task.OUTPUT_TYPE,
+            "n_choices": n_choices,
+            "gold": gold,
+            "golds": golds,
+            "pred": pred,
+            "acc": metrics.get("acc"),
+            "acc_norm": metrics.get("acc_norm"),
+            "metrics": metrics,
+            "loglikelihoods": lls,
+            "gold_loglikelihood": gold_ll,
+            "gold_nll_per_byte": -gold_ll / nbytes if nbytes else None,
+            "chance": chance,
+        })
+    return out

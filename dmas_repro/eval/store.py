@@ -33,7 +33,7 @@ from ..core.files import atomic_write_text
 COLUMNS = [
     "checkpoint", "step", "tokens", "kind", "task", "metric", "value", "stderr", "n", "num_fewshot", "limit",
     "group", "harness_version", "task_version", "model_sha", "task_hash", "dtype", "batch_size", "device",
-    "source", "finished_at",
+    "source", "finished_at", "corpus", "corpus_manifest_sha256",
 ]
 KEY = ["checkpoint", "task", "metric"]
 INT_COLUMNS = ["step", "tokens", "n", "num_fewshot"]

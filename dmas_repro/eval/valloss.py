@@ -6,6 +6,11 @@ windows: the first `budget` tokens cut into non-overlapping windows of `seq_len`
 tokens[i*T : i*T+T], targets shifted by one). The loss is the mean next-token cross-entropy in
 nats over GPT-2's 50257-token vocabulary; bpb divides the summed loss by ln 2 and by the UTF-8
 bytes of the target tokens (<|endoftext|> counts 0 bytes).
+
+Every number says what it measured: the corpus (`corpus_name` of the split's manifest, e.g.
+`fineweb-edu/sample-100BT` or `bundled`) and the sha256 of the manifest file go into every
+val_loss row. The paper's validation loss is on FineWeb-Edu (the authors' shard 0): numbers on any
+other corpus are not comparable with it (`comparable_with_paper`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class ValTokens:
     tokens: np.ndarray  # uint16
     source: str
     sha: str  # sha256 of `tokens`
+    corpus: str = "unknown"  # what the tokens are (`corpus_name` of the manifest)
+    manifest_sha256: str | None = None  # sha256 of the data directory's manifest.json
 
     def windows(self, seq_len: int) -> np.ndarray:
         """[n, seq_len + 1] overlapping-by-one windows: inputs w[:, :-1], targets w[:, 1:]."""
@@ -44,18 +51,38 @@ class ValTokens:
         return self.tokens[idx]
 
 
+PAPER_CORPUS = "fineweb-edu"  # the corpus of the paper's validation loss (`prepare-data --source fineweb-edu`)
+
+
+def corpus_name(manifest: dict) -> str:
+    """A prepared corpus by name: 'fineweb-edu/<subset>', 'bundled', or the local file/directory name."""
+    src = manifest.get("source") or {}
+    label = str(src.get("source", "unknown"))
+    if label == PAPER_CORPUS:
+        return f"{PAPER_CORPUS}/{src['subset']}" if src.get("subset") else PAPER_CORPUS
+    return label if label == "bundled" else Path(label).name or label
+
+
+def comparable_with_paper(vt: ValTokens) -> bool:
+    """Whether a validation loss on `vt` measures what the paper's does (a FineWeb-Edu split)."""
+    return vt.corpus.split("/")[0] == PAPER_CORPUS
+
+
 def load_val_tokens(data_dir: str | os.PathLike, budget: int = DEFAULT_TOKENS, split: str = "val") -> ValTokens:
-    from ..data.shards import load_split_tokens
+    from ..core.files import file_sha256
+    from ..data.shards import MANIFEST, load_split_tokens, read_manifest
 
     if budget < 1:
         raise UserError(f"--val-tokens must be positive, got {budget}")
     data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
     tokens = np.array(load_split_tokens(data_dir, split)[: budget + 1], dtype=np.uint16)
     if len(tokens) < 2:
         raise UserError(f"{data_dir}: the {split} split holds {len(tokens)} tokens")
     if int(tokens.max()) >= N_VOCAB:
         raise UserError(f"{data_dir}: token ids >= {N_VOCAB} in the {split} split (not GPT-2 tokens)")
-    return ValTokens(tokens=tokens, source=str(data_dir), sha=hashlib.sha256(tokens.tobytes()).hexdigest())
+    return ValTokens(tokens=tokens, source=str(data_dir), sha=hashlib.sha256(tokens.tobytes()).hexdigest(),
+                     corpus=corpus_name(manifest), manifest_sha256=file_sha256(data_dir / MANIFEST))
 
 
 @functools.lru_cache(maxsize=1)

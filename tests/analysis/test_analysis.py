@@ -8,10 +8,14 @@ import pytest
 from analysis_synth import (
     INSTRUCT_DELTA,
     LOSSES,
+    MC2_ITEMS,
+    MC2_MID,
+    MC2_TASK,
     N_ITEMS,
     RESUME_STEP,
     SPIKE,
     TASKS,
+    planted_mc2,
     sigmoid,
     train_rows,
     write_workspace,
@@ -61,7 +65,7 @@ def test_loaders_and_discovery(ws, tmp_path, monkeypatch):
 def test_scores_against_loss_and_correlation(results):
     sc = scores.scores(results)
     base = sc[(sc["kind"] == "base") & (sc["series"] == "tiny")]
-    assert set(base["task"]) == set(TASKS)
+    assert set(base["task"]) == set(TASKS) | {MC2_TASK}
     assert np.allclose(base[base["task"] == "easy_task"]["val_loss"], LOSSES)
     corr = scores.loss_correlations(base)
     for _, r in corr.iterrows():  # planted monotone relation: accuracy falls as loss rises
@@ -140,7 +144,8 @@ def test_task_transitions_and_emergence_order(results, item_df):
         assert t.loc[task, "midpoint"] == pytest.approx(mid, abs=0.25)
     order = transitions.emergence_order(t.reset_index())
     assert transitions.emergence_order(pd.DataFrame()).empty
-    assert list(order["task"]) == ["easy_task", "hard_task"]  # planted: easy_task leaves chance at higher loss
+    # planted: easy_task leaves chance at the highest loss (midpoint 5.5), then mc2_task (4.5), hard_task (3.8)
+    assert list(order["task"]) == ["easy_task", MC2_TASK, "hard_task"]
     # without items the aggregate (parametric) path gives a close answer
     agg = transitions.task_transitions(results, None, n_boot=40, chance={t: v[0] for t, v in TASKS.items()})
     agg = agg.set_index(["series", "task"])
@@ -191,8 +196,72 @@ def test_paired_bootstrap_planted_effect():
 
 
 def test_gold_margin():
-    df = pd.DataFrame({"loglikelihoods": [[-1.0, -2.0, -3.0], [-5.0, -1.0]], "gold": [0, 0]})
-    assert list(items.gold_margin(df)) == [1.0, -4.0]
+    df = pd.DataFrame({"loglikelihoods": [[-1.0, -2.0, -3.0], [-5.0, -1.0], [-2.0, -1.0]], "gold": [0, 0, None]})
+    m = items.gold_margin(df)
+    assert list(m[:2]) == [1.0, -4.0] and np.isnan(m[2])  # no single gold: no margin
+
+
+# ---------------------------------------------------------------- continuous per-item values (mc2)
+def test_continuous_items_stay_continuous(item_df, results):
+    k, t, v = planted_mc2()
+    m, _ = items.item_matrix(item_df, MC2_TASK)
+    assert m.shape == (MC2_ITEMS, len(LOSSES)) and m.dtypes.eq(float).all()
+    assert np.array_equal(m.to_numpy(), v)  # not truncated to 0/1
+    acc = results[(results["task"] == MC2_TASK) & (results["metric"] == "acc")].sort_values("step")["value"]
+    assert np.allclose(m.mean(axis=0), acc)
+    # chance from the items: a uniform model scores T/K on each item
+    assert items.chance_level(item_df, MC2_TASK) == pytest.approx((t / k).mean())
+    assert items.chance_level(item_df, MC2_TASK) != pytest.approx((1 / k).mean())
+    # solved = more than half of the mass on true answers; the values themselves kept
+    tr = items.item_trajectories(m)
+    first = [int(np.argmax(r > 0.5)) if (r > 0.5).any() else -1 for r in v]
+    window_ok = [j < 0 or (v[i, j:j + 2] > 0.5).all() for i, j in enumerate(first)]
+    ok = np.array(window_ok)
+    assert (tr["first_solved_index"].to_numpy()[ok] == np.array(first)[ok]).all()
+    assert np.array_equal(tr["final_value"], v[:, -1]) and np.array_equal(tr["max_value"], v.max(axis=1))
+    assert (tr["n_correct"] == (v > 0.5).sum(axis=1)).all()
+    above = items.item_trajectories(m, threshold=items.item_chance(item_df, MC2_TASK))
+    assert (above["n_correct"] == (v > (t / k)[:, None]).sum(axis=1)).all()
+
+
+def test_neighbour_tests_on_continuous_values(item_df):
+    _, _, v = planted_mc2()
+    nt = items.neighbour_tests(item_df, MC2_TASK, n_boot=300)
+    assert len(nt) == len(LOSSES) - 1 and (nt["test"] == "wilcoxon").all() and "p_mcnemar" not in nt
+    assert np.allclose(nt["delta"], np.diff(v.mean(axis=0)))
+    big = nt.loc[nt["delta"].idxmax()]  # planted: the steepest part of the sigmoid
+    assert big["after"] == "tiny-step_00000700" and big["significant"] and big["p_wilcoxon"] < 1e-6
+    assert big["ci_low"] > 0
+    # a continuous difference that is noise only is not significant; no difference at all gives p = 1
+    rng = np.random.default_rng(3)
+    a = rng.random(500)
+    noise = items.paired_bootstrap(a, a + rng.normal(0, 0.05, 500), n_boot=1000)
+    assert noise["test"] == "wilcoxon" and noise["p_wilcoxon"] > 0.05 and noise["ci_low"] < 0 < noise["ci_high"]
+    same = items.paired_bootstrap(a, a, n_boot=200)
+    assert same["delta"] == 0 and same["p_bootstrap"] == 1.0 and same["p_test"] == 1.0
+
+
+def test_transition_of_a_continuous_task(results, item_df):
+    k, t, v = planted_mc2()
+    tr = transitions.task_transitions(results, item_df, n_boot=40, seed=0)
+    r = tr[(tr["series"] == "tiny") & (tr["task"] == MC2_TASK)].iloc[0]
+    assert r["source"] == "items" and r["chance"] == pytest.approx((t / k).mean())
+    assert r["midpoint"] == pytest.approx(MC2_MID, abs=0.15)
+    # the discrete transition (one-sided t-test of score - item chance): not where the planted gain is
+    # far below the noise's standard error (checkpoints 0-1), at the latest where it is > 10 standard errors (4)
+    ck = r["first_above_chance_checkpoint"]
+    assert ck in {f"tiny-step_{s:08d}" for s in (300, 400, 500)}
+
+
+def test_chance_levels_table(item_df):
+    k, t, _ = planted_mc2()
+    c = items.chance_levels(item_df).set_index("task")
+    assert c.loc[MC2_TASK, "source"] == "items" and c.loc[MC2_TASK, "chance"] == pytest.approx((t / k).mean())
+    assert c.loc["easy_task", "chance"] == pytest.approx(0.25) and c.loc["easy_task", "n_items"] == N_ITEMS
+    assert c.loc["hellaswag", "source"] == "task" and c.loc["hellaswag", "chance"] == 0.25
+    assert c.loc["winogrande", "chance"] == 0.5 and c.loc["lambada_openai", "chance"] == 0.0
+    assert np.isnan(c.loc["truthfulqa_mc2", "chance"])  # no fixed level: it comes from the items only
+    assert "true answers / answers" in c.loc["truthfulqa_mc2", "rule"]
 
 
 # ---------------------------------------------------------------- probes

@@ -50,14 +50,15 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def _write_val_split(d: Path, tokens: np.ndarray) -> Path:
-
+def _write_val_split(d: Path, tokens: np.ndarray, source: dict | None = None) -> Path:
+    """A prepare-data directory with only a val split; `source` as prepare-data records it."""
     d.mkdir(parents=True)
     tokens = tokens.astype("<u2")
     tokens.tofile(d / "val_000000.bin")
     shard = {"file": "val_000000.bin", "tokens": len(tokens), "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
     (d / shards.MANIFEST).write_text(json.dumps({"format": shards.FORMAT, "dtype": "uint16", "byteorder": "little",
-                                                 "eot": 50256, "shards": {"train": [], "val": [shard]}}))
+                                                 "eot": 50256, "shards": {"train": [], "val": [shard]},
+                                                 "source": source or {"source": "/corpora/queries.txt"}}))
     return d
 
 
@@ -85,12 +86,15 @@ def captured():
     handler.emit = lambda record: lines.append(record.getMessage())
     logger = logging.getLogger("dmas_repro")
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as `dmas-repro` sets it (progress messages included)
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
             yield lines
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
         lines.append(out.getvalue())
 
 
@@ -171,6 +175,14 @@ def test_val_loss_and_probes_match_the_model(world, run_all):
     row = df[(df.checkpoint == "m1") & (df.task == "val_loss")].set_index("metric")
     assert row.loc["loss", "value"] == pytest.approx(want, rel=1e-5)
     assert row.loc["loss", "n"] == 1024 and 0 < row.loc["bpb", "value"]
+    # every val_loss row names what it measured; the run said once that it is not the paper's corpus
+    val = df[df.task == "val_loss"]
+    assert len(val) == 4 and (val["corpus"] == "queries.txt").all()
+    assert (val["corpus_manifest_sha256"] == hashlib.sha256((world.val / shards.MANIFEST).read_bytes())
+            .hexdigest()).all()
+    assert df.loc[df.task != "val_loss", "corpus"].isna().all()
+    notes = [line for line in run_all.logs if "not comparable with the paper" in line]
+    assert len(notes) == 1 and "queries.txt" in notes[0] and "--source fineweb-edu" in notes[0]
 
     probes = [json.loads(x) for x in (run_all.out / "probes.jsonl").read_text().splitlines()]
     prompts = load_prompts("v1")
@@ -180,6 +192,34 @@ def test_val_loss_and_probes_match_the_model(world, run_all):
     out = model.generate(ids, max_new_tokens=6, temperature=1.0, top_k=50, seed=p["seed"])[0]
     assert p["output"] == gpt2().decode([t for t in out if t != 50256])
     assert 0 <= p["repetition_rate"] <= 1 and 0 < p["distinct_1"] <= 1 and p["mean_logprob"] < 0
+
+
+def test_val_corpus_default_for_released_checkpoints_and_paper_note(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    released, own = sources.parse(["released"]), sources.parse([str(world.m0)])
+    cfg = evaluate.EvalConfig()
+    assert evaluate._val_dir(cfg, released) is None
+    for d in (evaluate.DEFAULT_VAL_DATA, evaluate.PAPER_VAL_DATA):
+        d.mkdir(parents=True)
+        (d / shards.MANIFEST).write_text("{}")
+        if d == evaluate.DEFAULT_VAL_DATA:
+            assert evaluate._val_dir(cfg, released) == d  # no FineWeb-Edu split prepared: the bundled one
+    assert evaluate._val_dir(cfg, released) == evaluate.PAPER_VAL_DATA  # released checkpoints: the paper's corpus
+    assert evaluate._val_dir(cfg, own) == evaluate.DEFAULT_VAL_DATA
+    assert evaluate._val_dir(evaluate.EvalConfig(val_data=str(world.val)), released) == world.val
+
+    # on a FineWeb-Edu split: named so in every row, and no note
+    text = (TASKS_DIR / "hellaswag_val_dev.jsonl").read_text().splitlines()[:10]
+    fw = _write_val_split(tmp_path / "fw", np.array([t for ln in text for t in [50256] + gpt2().encode(ln)]),
+                          {"source": "fineweb-edu", "repo": "HuggingFaceFW/fineweb-edu", "subset": "sample-10BT"})
+    out = tmp_path / "res"
+    with captured() as logs:
+        assert evaluate.run(_cfg(world, out, checkpoints=(str(world.m0),), parts=("val_loss",), parts_explicit=True,
+                                 val_data=str(fw), val_tokens=256)) == 0
+    df = _csv(out)
+    assert set(df["metric"]) == {"loss", "bpb"} and (df["corpus"] == "fineweb-edu/sample-10BT").all()
+    assert not any("not comparable" in line for line in logs)
+    assert any("corpus fineweb-edu/sample-10BT" in line for line in logs)
 
 
 def test_corrupt_checkpoint_is_recorded_and_the_others_run(world, run_all):
@@ -322,7 +362,7 @@ def test_killed_mid_run_then_rerun_is_complete_without_duplicates(world, tmp_pat
     before = (out / "results.csv").read_text()
     with captured() as logs:
         assert evaluate.run(cfg) == 0
-    assert "0 with work left" in logs[0] and (out / "results.csv").read_text() == before
+    assert any("0 with work left" in line for line in logs) and (out / "results.csv").read_text() == before
     # other settings into the same store are refused
     with pytest.raises(UserError, match="other settings"):
         evaluate.run(evaluate.EvalConfig(**{**cfg.__dict__, "limit": 9}))
