@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis import items as item_analysis
 from analysis import scores
 
 from . import style
@@ -25,6 +26,10 @@ def plot(ctx):
     series = sorted(res["series"].unique())
     colors = dict(zip(series, style.colors(len(series))))
     final_tokens = res[res["kind"] == "base"].groupby("series")["tokens"].max()
+    try:  # chance levels from the per-item records where they exist (truthfulqa_mc2's is the items' mean)
+        per_item = ctx.items()
+    except Skip:
+        per_item = None
     for ax, (what, task) in zip(axes.flat, panels):
         if what == "val_loss":
             for s, g in vl.groupby("series"):
@@ -42,7 +47,8 @@ def plot(ctx):
                 if not inst.empty:  # tuned from the last base checkpoint: drawn at its token count
                     ax.scatter([final_tokens.get(s, np.nan)] * len(inst), inst["value"], marker="*", s=60,
                                color=colors[s], edgecolor="k", lw=0.5, zorder=5, label=f"{s} instruct")
-            ch = scores.chance(task)
+            ch = item_analysis.chance_level(per_item, task) if per_item is not None and len(per_item) else \
+                scores.chance(task)
             if np.isfinite(ch):
                 ax.axhline(ch, color="grey", ls=":", lw=1, label="chance")
             ax.set(ylabel=g_all["metric"].iloc[0], title=task)
