@@ -158,3 +158,31 @@ def test_example_results_keep_only_small_files(tmp_path):
     files = mer.collect(work, dest)
     assert sorted(str(f.relative_to(dest)) for f in files) == sorted(keep)
     assert not (dest / "stale.txt").exists()
+
+
+def test_example_results_keep_the_reference_store_without_its_sources(tmp_path):
+    """The reference store's sources are not in the repository: regenerating examples/ without them (or
+    without the reference stage) keeps the shipped store and its commands' record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mer", REPO / "scripts" / "make_example_results.py")
+    mer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mer)
+    dest = tmp_path / "examples"
+    (dest / "results" / "reference").mkdir(parents=True)
+    (dest / "results" / "reference" / "results.parquet").write_text("old store")
+    rec = {"command": ["dmas-repro", "import-reference", "pythia", "x"], "seconds": 1.0, "git_commit": "abc"}
+    (dest / "manifest.json").write_text(json.dumps({"commands": [rec]}))
+    assert mer._previous_commands(dest, "import-reference") == [rec]
+    work = tmp_path / "work"
+    (work / "results" / "weights").mkdir(parents=True)
+    (work / "results" / "weights" / "tiny.csv").write_text("x")
+    files = mer.collect(work, dest, carry=(mer.REFERENCE_STORE,))
+    assert sorted(str(f.relative_to(dest)) for f in files) == ["results/reference/results.parquet",
+                                                               "results/weights/tiny.csv"]
+    assert (dest / "results" / "reference" / "results.parquet").read_text() == "old store"
+    assert mer._previous_commands(tmp_path / "nowhere", "import-reference") == []
+    cmds = mer.commands(None, tmp_path / "src")["reference"]
+    assert [c[3:6] for c in cmds] == [["import-reference", "olmo-ladder", str(tmp_path / "src" / "olmo-ladder")],
+                                      ["import-reference", "pythia", str(tmp_path / "src" / "pythia-evals")]]
+
