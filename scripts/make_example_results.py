@@ -47,6 +47,7 @@ KEEP = [
     "results/offline/results.csv", "results/offline/results.parquet", "results/offline/probes.jsonl",
     "results/offline/failures.jsonl", "results/offline/store.json", "results/offline/items/**/*.jsonl",
     "results/weights/*.csv", "results/reference/results.parquet", "results/reference/reference.json",
+    "results/reference/licenses/*",
 ]
 SKIP_PARTS = ("checkpoints", "hf", "units", ".exports")  # weights, exports, the store's internal unit files
 
@@ -161,9 +162,9 @@ Layout (the same as a working directory): `runs/tiny/` (pretraining metrics and 
 `results/weights/tiny.csv` (per-parameter norms and change between checkpoints),
 `results/reference/` (other suites' published per-checkpoint results, not made here: AI2's OLMo
 model ladder and EleutherAI's Pythia evaluations, Apache-2.0, imported by `dmas-repro
-import-reference` with the sha256 of every source file in `reference.json`; results.parquet only,
-the same table as CSV would be ~21 MB). With them `make figures` shows real loss-to-capability
-transitions beside the tiny run.
+import-reference` with the sha256 of every source file in `reference.json` and their licences in
+`licenses/`; results.parquet only, the same table as CSV would be ~21 MB). With them `make figures`
+shows real loss-to-capability transitions beside the tiny run.
 """)
 
 

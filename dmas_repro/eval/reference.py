@@ -28,8 +28,9 @@ HellaSwag validation, 2,376 for ARC-Easy test, ...), for Pythia from lm-eval's s
 perplexity) share its n.
 
 Store layout (`--out DIR`): `results.csv` and `results.parquet` with the columns of
-`eval.store.COLUMNS` (kind `reference`) plus `REFERENCE_COLUMNS`, and `reference.json` (the source
-files with their sha256, what was not mapped, the mapping itself).
+`eval.store.COLUMNS` (kind `reference`) plus `REFERENCE_COLUMNS`, `reference.json` (the source
+files with their sha256, what was not mapped, the licences, the mapping itself) and `licenses/`
+(the LICENSE found beside each format's inputs: the data's licence travels with it).
 """
 
 from __future__ import annotations
@@ -388,6 +389,18 @@ def expand(fmt: str, paths: list[str]) -> list[Path]:
     return unique
 
 
+def find_license(paths: list[str]) -> Path | None:
+    """A LICENSE file beside the inputs (in a directory named, or the directory of a file named, or one
+    above): the data's licence travels with the store."""
+    for p in map(Path, paths):
+        base = p if p.is_dir() else p.parent
+        for d in (base, base.parent):
+            found = sorted(f for f in d.glob("LICENSE*") if f.is_file())
+            if found:
+                return found[0]
+    return None
+
+
 def _existing(out: Path):
     """The rows and manifest of an existing reference store at `out` (None, {} when there is none)."""
     import pandas as pd
@@ -459,6 +472,15 @@ def import_reference(fmt: str, paths: list[str], out: str, csv: bool = True) -> 
     sources = [s for s in manifest.get("sources", []) if s.get("series") not in series]
     sources += [p.source for p in parsed]
     prev_nm = {k: v for k, v in (manifest.get("not_mapped") or {}).items() if k != fmt}
+    licenses = {k: v for k, v in (manifest.get("licenses") or {}).items() if k != fmt}
+    texts = {k: (out / v["file"]).read_bytes() for k, v in licenses.items() if (out / v["file"]).is_file()}
+    lic = find_license(paths)
+    if lic is not None:
+        texts[fmt] = lic.read_bytes()
+        licenses[fmt] = {"file": f"licenses/{fmt}-{lic.name}", "source": lic.name,
+                         "sha256": file_sha256(lic)}
+    else:
+        log.warning(f"no LICENSE file beside the {fmt} inputs: record the data's licence with the store yourself")
     doc = {
         "format": STORE_FORMAT,
         "about": "published per-checkpoint results of other open model suites, imported by "
@@ -466,12 +488,16 @@ def import_reference(fmt: str, paths: list[str], out: str, csv: bool = True) -> 
         "sources": sorted(sources, key=lambda s: (s.get("format", ""), s.get("series", ""), s.get("file", ""))),
         "not_mapped": {**prev_nm, fmt: {k: sorted(v) for k, v in sorted(not_mapped.items())}} if not_mapped
         else prev_nm,
+        "licenses": dict(sorted(licenses.items())),
         "mapping": mapping_table(),
     }
     with atomic_dir(out) as tmp:
         if csv:
             merged.to_csv(tmp / "results.csv", index=False)
         merged.to_parquet(tmp / "results.parquet", index=False)
+        for k, data in texts.items():
+            (tmp / licenses[k]["file"]).parent.mkdir(exist_ok=True)
+            (tmp / licenses[k]["file"]).write_bytes(data)
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
     return {"files": len(files), "rows": len(new), "checkpoints": int(new["checkpoint"].nunique()),
             "series": series, "not_mapped": not_mapped, "store_rows": len(merged), "out": str(out)}

@@ -122,8 +122,11 @@ def test_pythia_rows_names_stderr_and_items(tmp_path):
 
 def test_two_families_share_a_store_and_a_reimport_replaces_its_run(tmp_path, capsys):
     store = tmp_path / "store"
+    (tmp_path / "LICENSE").write_text("Apache License 2.0 (test)")  # beside the inputs: travels with the store
     assert main(["import-reference", "olmo-ladder", str(olmo_csv(tmp_path / "190M-1xC.csv")), "--out", str(store)]) == 0
     assert "imported" in capsys.readouterr().out
+    lic = json.loads((store / ref.MANIFEST).read_text())["licenses"]["olmo-ladder"]
+    assert (store / lic["file"]).read_text() == "Apache License 2.0 (test)" and lic["source"] == "LICENSE"
     pythia_json(tmp_path / "1.4b_step512.json", size="1.4b", step=512)
     assert main(["import-reference", "pythia", str(tmp_path / "1.4b_step512.json"), "--out", str(store)]) == 0
     both = pd.read_csv(store / "results.csv")
@@ -135,7 +138,9 @@ def test_two_families_share_a_store_and_a_reimport_replaces_its_run(tmp_path, ca
     assert not (store / "results.csv").exists()
     assert sorted(df[df.family == "olmo-ladder"]["step"].unique()) == [100, 200]
     assert (df.family == "pythia").sum() == (both.family == "pythia").sum()
-    assert len(json.loads((store / ref.MANIFEST).read_text())["sources"]) == 2
+    man = json.loads((store / ref.MANIFEST).read_text())
+    assert len(man["sources"]) == 2 and set(man["licenses"]) == {"olmo-ladder", "pythia"}
+    assert all((store / v["file"]).is_file() for v in man["licenses"].values())  # kept across imports
 
 
 @pytest.mark.parametrize("fmt,make,match", [
@@ -165,6 +170,7 @@ def test_a_malformed_file_is_one_error_and_nothing_is_written(tmp_path, fmt, mak
         ref.import_reference(fmt, [str(ok), str(bad)] if fmt == "olmo-ladder" else [str(bad)], str(store))
     assert {p.name: p.read_bytes() for p in store.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".store")]  # no temporary leftovers
+    capsys.readouterr()
     rc = main(["import-reference", fmt, str(bad), "--out", str(store)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(bad) in err[0]
@@ -213,3 +219,5 @@ def test_the_shipped_store_is_the_importers_output():
     assert set(py[py.task == "piqa"]["n"]) == {1838}
     assert not df.duplicated(ref.REFERENCE_KEY).any()
     assert os.path.getsize(SHIPPED / "results.parquet") < 2_000_000
+    for lic in man["licenses"].values():  # the data's Apache-2.0 licences ship with it
+        assert "Apache License" in (SHIPPED / lic["file"]).read_text()
