@@ -1,7 +1,8 @@
 """Runs compared at equal loss: within each loss definition (OLMo ladder's C4 loss; DMaS's own loss) every
 run against the run spanning the widest range, and across families at equal gold-answer bits per byte; the
 accuracy difference (run - reference run) over the reference's checkpoints inside the run's range. Small
-differences at matched loss with large ones at matched tokens: loss, not tokens or size, sets accuracy."""
+differences here beside large ones at matched tokens (reference_matched_tokens) say that loss, rather than
+tokens or model size, sets accuracy."""
 
 from __future__ import annotations
 
