@@ -15,12 +15,15 @@ Modules, each a set of documented functions over tidy DataFrames:
 - `weights`: per-layer parameter norms and relative change between checkpoints (from the files;
   import it as `analysis.weights`, also a script: `python -m analysis.weights`).
 - `ablation`: resume-spike measures and throughput per segment.
+- `reference`: other open suites' trajectories (OLMo ladder, Pythia; `dmas-repro import-reference`)
+  beside DMaS: curves against tokens, own validation loss and gold bpb, transitions, emergence,
+  comparisons at matched tokens and at matched loss.
 """
 
-from . import ablation, io, items, probes, scores, training, transitions
+from . import ablation, io, items, probes, reference, scores, training, transitions
 from .io import discover, load_ablation, load_items, load_metrics, load_probes, load_results, load_runs
 
 __all__ = [
-    "ablation", "io", "items", "probes", "scores", "training", "transitions",
+    "ablation", "io", "items", "probes", "reference", "scores", "training", "transitions",
     "discover", "load_ablation", "load_items", "load_metrics", "load_probes", "load_results", "load_runs",
 ]

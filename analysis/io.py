@@ -161,6 +161,8 @@ def load_results(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     if not frames:
         raise FileNotFoundError("no results stores given")
     df = pd.concat(frames, ignore_index=True)
+    if "series" in df.columns and df["series"].isna().any():  # a store without the column beside one with it
+        df["series"] = df["series"].fillna(df["checkpoint"].map(series_of))
     missing = {"checkpoint", "task", "metric", "value"} - set(df.columns)
     if missing:
         raise ValueError(f"results table lacks columns {sorted(missing)}")
@@ -284,10 +286,14 @@ class Inputs:
     ablations: list[Path] = field(default_factory=list)  # dirs with summary.json
     weights: list[Path] = field(default_factory=list)  # weight-dynamics CSVs (analysis.weights)
     source: str = ""
+    # reference stores of other suites (`dmas-repro import-reference`): found beside the results stores,
+    # else the one shipped in examples/results/reference (analysis.reference)
+    reference: list[Path] = field(default_factory=list)
 
     def describe(self) -> str:
         return (f"inputs from {self.source}: {len(self.results)} results store(s), {len(self.runs)} run(s), "
-                f"{len(self.ablations)} ablation(s), {len(self.weights)} weight-dynamics table(s)")
+                f"{len(self.ablations)} ablation(s), {len(self.weights)} weight-dynamics table(s)"
+                + (f", {len(self.reference)} reference store(s)" if self.reference else ""))
 
     @property
     def is_empty(self) -> bool:
@@ -303,6 +309,19 @@ def find_results(root: PathLike) -> list[Path]:
         return [root]
     found = {f.parent for pat in ("results.csv", "results.parquet") for f in root.rglob(pat)}
     return sorted(d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts))
+
+
+REFERENCE_MANIFEST = "reference.json"  # marks a store written by `dmas-repro import-reference`
+
+
+def is_reference_store(d: PathLike) -> bool:
+    return (Path(d) / REFERENCE_MANIFEST).is_file()
+
+
+def shipped_reference() -> list[Path]:
+    """The reference store shipped with the repository, when present."""
+    d = REPO_ROOT / EXAMPLES / "results" / "reference"
+    return [d] if is_reference_store(d) and find_results(d) else []
 
 
 def _weights_tables(*dirs: Path | None) -> list[Path]:
@@ -338,7 +357,11 @@ def discover(root: PathLike | None = None, results: PathLike | None = None, runs
         source = f"the shipped example results ({base}; made by `make example-results`)"
     inp = Inputs(root=root, source=source, runs_root=run_dir if run_dir is not None and run_dir.is_dir() else None)
     if res_dir is not None:
-        inp.results = [d for d in find_results(res_dir) if d.parent.name != "weights"]
+        stores = [d for d in find_results(res_dir) if d.parent.name != "weights"]
+        inp.results = [d for d in stores if not is_reference_store(d)]
+        inp.reference = [d for d in stores if is_reference_store(d)]
+    if not inp.reference:
+        inp.reference = shipped_reference()
     if run_dir is not None:
         inp.runs = find_runs(run_dir)
         inp.ablations = find_ablations(run_dir)

@@ -28,6 +28,8 @@ RUN_EVAL = ("`dmas-repro eval-all-checkpoints --checkpoints runs/tiny --suite of
             "(or `--checkpoints released` on a GPU)")
 RUN_WEIGHTS = "`python -m analysis.weights runs/NAME --out results/weights/NAME.csv`"
 RUN_ABLATE = "`dmas-repro ablate {kind}`"
+RUN_IMPORT = ("`dmas-repro import-reference olmo-ladder FILES.csv --out results/reference` (and `pythia "
+              "FILES.json`); the repository ships one in examples/results/reference")
 
 
 class Skip(Exception):
@@ -118,6 +120,17 @@ class Context:
         for d in self.inputs.results:
             self.use(d / "results.csv" if (d / "results.csv").is_file() else d / "results.parquet")
         return self._cached("results", lambda: analysis.load_results(self.inputs.results))
+
+    def reference(self) -> pd.DataFrame:
+        """Rows of the reference stores (other suites' published trajectories, `analysis.reference`)."""
+        if not self.inputs.reference:
+            raise Skip(f"no reference store (a results directory with reference.json); run {RUN_IMPORT}")
+        from analysis import reference
+
+        for d in self.inputs.reference:
+            self.use(d / "results.csv" if (d / "results.csv").is_file() else d / "results.parquet",
+                     d / "reference.json")
+        return self._cached("reference", lambda: reference.load(self.inputs.reference))
 
     def items(self) -> pd.DataFrame:
         dirs = [d for d in self.inputs.results if (d / "items").is_dir()]

@@ -8,14 +8,19 @@ Everything is produced for real on this machine's CPU, in a scratch working dire
 2. `dmas-repro eval-all-checkpoints --checkpoints runs/tiny --suite offline`: every checkpoint
    (and the SFT model) on the bundled HellaSwag slice, validation loss and the probes;
 3. `dmas-repro ablate resume` and `dmas-repro ablate world-size`;
-4. `python -m analysis.weights runs/tiny`: weight dynamics between the run's checkpoints.
+4. `python -m analysis.weights runs/tiny`: weight dynamics between the run's checkpoints;
+5. `dmas-repro import-reference olmo-ladder|pythia`: other suites' published trajectories (OLMo
+   ladder, Pythia; Apache-2.0) from `--reference-data` (default: the project's bundled copies in
+   ../shared/reference) into results/reference (parquet only: the CSV would be ~21 MB). Without
+   that directory the stage cannot run, and the reference store already in examples/ is kept,
+   with its commands' record.
 
 Then only the small files are copied into examples/ (metrics.jsonl, configs, summaries,
-results.csv/.parquet, items/, probes.jsonl, the weight-dynamics CSV): never checkpoint weights.
-examples/README.md records the commands, their wall time, the machine, the git commit and every
-copied file's sha256.
+results.csv/.parquet, items/, probes.jsonl, the weight-dynamics CSV, the reference store): never
+checkpoint weights. examples/README.md records the commands, their wall time, the machine, the git
+commit and every copied file's sha256.
 
-    python scripts/make_example_results.py [--work DIR] [--stages train,eval,ablate,weights] [--limit N]
+    python scripts/make_example_results.py [--work DIR] [--stages train,eval,ablate,weights,reference] [--limit N]
 """
 
 from __future__ import annotations
@@ -32,19 +37,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("train", "eval", "ablate", "weights")
+STAGES = ("train", "eval", "ablate", "weights", "reference")
+REFERENCE_DATA = REPO.parent / "shared" / "reference"  # olmo-ladder/*.csv, pythia-evals/<model>/*.json
+REFERENCE_STORE = "results/reference"
 
 # What is shipped, relative to the scratch directory (glob patterns); everything else stays behind.
 KEEP = [
     "runs/**/metrics.jsonl", "runs/**/config.json", "runs/**/sft_config.json", "runs/**/summary.json",
     "results/offline/results.csv", "results/offline/results.parquet", "results/offline/probes.jsonl",
     "results/offline/failures.jsonl", "results/offline/store.json", "results/offline/items/**/*.jsonl",
-    "results/weights/*.csv",
+    "results/weights/*.csv", "results/reference/results.parquet", "results/reference/reference.json",
+    "results/reference/licenses/*",
 ]
 SKIP_PARTS = ("checkpoints", "hf", "units", ".exports")  # weights, exports, the store's internal unit files
 
 
-def commands(limit: int | None) -> dict[str, list[list[str]]]:
+def commands(limit: int | None, reference_data: Path = REFERENCE_DATA) -> dict[str, list[list[str]]]:
     dr = [sys.executable, "-m", "dmas_repro"]
     ev = dr + ["eval-all-checkpoints", "--checkpoints", "runs/tiny", "--suite", "offline", "--out",
                "results/offline", "--device", "cpu"]
@@ -56,6 +64,9 @@ def commands(limit: int | None) -> dict[str, list[list[str]]]:
         "ablate": [dr + ["ablate", "resume", "--out", "runs/ablate/resume"],
                    dr + ["ablate", "world-size", "--out", "runs/ablate/world-size"]],
         "weights": [[sys.executable, "-m", "analysis.weights", "runs/tiny", "--out", "results/weights/tiny.csv"]],
+        "reference": [dr + ["import-reference", fmt, str(Path(reference_data) / sub), "--out", REFERENCE_STORE,
+                            "--parquet-only"]
+                      for fmt, sub in (("olmo-ladder", "olmo-ladder"), ("pythia", "pythia-evals"))],
     }
 
 
@@ -78,8 +89,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def collect(work: Path, dest: Path) -> list[Path]:
-    """Copy the whitelisted small files from `work` into a fresh `dest` (atomically replaced)."""
+def collect(work: Path, dest: Path, carry: tuple[str, ...] = ()) -> list[Path]:
+    """Copy the whitelisted small files from `work` into a fresh `dest` (atomically replaced). `carry`:
+    directories of the old `dest` (relative) kept as they are when `work` has none (a stage that could not run)."""
     files = sorted({f for pat in KEEP for f in work.glob(pat) if f.is_file()})
     files = [f for f in files if not any(p in SKIP_PARTS or p.startswith(".")
                                          for p in f.relative_to(work).parts[:-1])]
@@ -88,10 +100,22 @@ def collect(work: Path, dest: Path) -> list[Path]:
         out = tmp / f.relative_to(work)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, out)
+    kept = []
+    for rel in carry:
+        if (dest / rel).is_dir() and not (work / rel).exists():
+            shutil.copytree(dest / rel, tmp / rel)
+            kept += [tmp / rel / f.relative_to(dest / rel) for f in sorted((dest / rel).rglob("*")) if f.is_file()]
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
-    return [dest / f.relative_to(work) for f in files]
+    return sorted([dest / f.relative_to(work) for f in files] + [dest / f.relative_to(tmp) for f in kept])
+
+
+def _previous_commands(dest: Path, name: str) -> list[dict]:
+    """The record (command, seconds, commit) of earlier `name` commands in dest/manifest.json."""
+    f = dest / "manifest.json"
+    log = json.loads(f.read_text()).get("commands", []) if f.is_file() else []
+    return [c for c in log if len(c["command"]) > 1 and c["command"][1] == name]
 
 
 def write_readme(dest: Path, log: list[dict], files: list[Path], limit: int | None, commit: str | None) -> None:
@@ -135,7 +159,12 @@ numbers (evaluate the released checkpoints on a GPU for those).
 Layout (the same as a working directory): `runs/tiny/` (pretraining metrics and config),
 `runs/tiny/sft/` (instruction tuning), `runs/ablate/{{resume,world-size}}/` (each run's metrics and
 `summary.json`), `results/offline/` (results.csv/.parquet, items/, probes.jsonl),
-`results/weights/tiny.csv` (per-parameter norms and change between checkpoints).
+`results/weights/tiny.csv` (per-parameter norms and change between checkpoints),
+`results/reference/` (other suites' published per-checkpoint results, not made here: AI2's OLMo
+model ladder and EleutherAI's Pythia evaluations, Apache-2.0, imported by `dmas-repro
+import-reference` with the sha256 of every source file in `reference.json` and their licences in
+`licenses/`; results.parquet only, the same table as CSV would be ~21 MB). With them `make figures`
+shows real loss-to-capability transitions beside the tiny run.
 """)
 
 
@@ -147,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=200, help="HellaSwag items per checkpoint (default 200; 0: all)")
     ap.add_argument("--dest", default=str(REPO / "examples"), help="where the example set goes")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--reference-data", default=str(REFERENCE_DATA),
+                    help="olmo-ladder/ and pythia-evals/ for the reference stage (default: %(default)s)")
     args = ap.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     bad = sorted(set(stages) - set(STAGES))
@@ -162,8 +193,17 @@ def main(argv=None) -> int:
     log_file = work / ".make_example_results.json"  # stages already run in this scratch dir (with --work)
     done = json.loads(log_file.read_text()) if log_file.is_file() else {}
     limit = args.limit or None
+    carry: tuple[str, ...] = ()
+    if "reference" not in stages or not (Path(args.reference_data) / "olmo-ladder").is_dir():
+        # its sources are not part of the repository: keep the shipped store (and its record) as it is
+        if "reference" in stages:
+            print(f"note: {args.reference_data} has no olmo-ladder/: keeping the reference store of {args.dest}")
+            stages.remove("reference")
+        carry = (REFERENCE_STORE,)
+        if not done.get("reference") and not (work / REFERENCE_STORE).exists():
+            done["reference"] = _previous_commands(Path(args.dest), "import-reference")
     for stage in stages:
-        for cmd in commands(limit)[stage]:
+        for cmd in commands(limit, Path(args.reference_data))[stage]:
             shown = (["dmas-repro"] + cmd[3:]) if cmd[2] == "dmas_repro" else ["python"] + cmd[1:]
             if any(c["command"] == shown for c in done.get(stage, [])):
                 print(f"\n$ {' '.join(shown)}  (done in an earlier run of this --work directory)", flush=True)
@@ -187,7 +227,7 @@ def main(argv=None) -> int:
             log_file.write_text(json.dumps(done, indent=2))
     log = [c for s in STAGES for c in done.get(s, [])]
     dest = Path(args.dest)
-    files = collect(work, dest)
+    files = collect(work, dest, carry)
     write_readme(dest, log, files, limit, started_at)
     print(f"\nwrote {len(files)} files into {dest}")
     if not args.keep_work and not args.work:

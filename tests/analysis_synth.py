@@ -63,7 +63,66 @@ def _jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items", "probes", "ablations", "weights")):
+# Planted reference trajectories (other suites' published numbers, as `dmas-repro import-reference` reads
+# them): OLMo-ladder runs with accuracy a sigmoid of C4 loss; Pythia JSONs with accuracy rising in log tokens.
+REF_TASKS = {"hellaswag_val": (0.25, 0.70, 4.0, 3.0, 1000), "piqa_val": (0.5, 0.75, 4.5, 2.5, 400)}
+REF_RUNS = {"190M-1xC": (12, 262144), "1B-1xC": (16, 1048576)}  # checkpoints, batch_size_in_tokens
+PYTHIA_SIZES = {"160m": 0.55, "1.4b": 0.70}  # arc_easy ceiling per size
+PYTHIA_STEPS = [0, 64, 512, 1000, 3000, 13000, 33000, 73000, 143000]
+
+
+def olmo_loss(step: np.ndarray, scale: float) -> np.ndarray:
+    return 3.0 + 4.0 * np.exp(-step / (scale * 300.0))
+
+
+def write_reference_sources(d: Path) -> tuple[Path, Path]:
+    """OLMo-ladder CSVs and Pythia lm-eval JSONs with planted curves under d/olmo-ladder and d/pythia-evals."""
+    import json as _json
+
+    olmo, pythia = d / "olmo-ladder", d / "pythia-evals"
+    olmo.mkdir(parents=True, exist_ok=True)
+    for run, (k, batch) in REF_RUNS.items():
+        steps = np.arange(1, k + 1) * 100
+        loss = olmo_loss(steps, k / 12)
+        cols = {"_step": steps, "eval/c4_en-validation/CrossEntropyLoss": loss,
+                "eval/pile-validation/CrossEntropyLoss": loss - 0.3}
+        for key, (ch, ceil, mid, slope, n) in REF_TASKS.items():
+            acc = np.round(sigmoid(loss, ch, ceil, mid, slope) * n) / n
+            tail = "acc" if key.startswith("boolq") else "len_norm"
+            cols[f"eval/downstream/{key}_rc_5shot_{tail}"] = acc.astype(np.float32)
+            cols[f"eval/downstream_bpb/{key}_rc_5shot_bpb"] = 0.4 * loss - 0.2
+        cols["learning_rate_peak"] = 3e-4
+        cols["batch_size_in_tokens"] = batch
+        cols["throughput/total_tokens"] = steps * batch
+        pd.DataFrame(cols).to_csv(olmo / f"{run}.csv", index=False)
+    for size, ceil in PYTHIA_SIZES.items():
+        (pythia / f"pythia-{size}").mkdir(parents=True, exist_ok=True)
+        for step in PYTHIA_STEPS:
+            lt = np.log10(max(step, 1) * 2097152)
+            results = {}
+            for task, n, ch, c in (("arc_easy", 2376, 0.25, ceil), ("piqa", 1838, 0.5, ceil + 0.1)):
+                p = round(sigmoid(-lt, ch, c, -9.0, 4.0) * n) / n
+                se = np.sqrt(p * (1 - p) / (n - 1))
+                results[task] = {"acc": p, "acc_stderr": se, "acc_norm": p, "acc_norm_stderr": se}
+            doc = {"results": results, "versions": {"arc_easy": 0, "piqa": 0},
+                   "config": {"model": "hf-causal", "num_fewshot": 0, "batch_size": 16, "limit": None,
+                              "model_args": f"pretrained=EleutherAI/pythia-v1.1-{size},revision=step{step}"}}
+            (pythia / f"pythia-{size}" / f"{size}_step{step}.json").write_text(_json.dumps(doc))
+    return olmo, pythia
+
+
+def write_reference_store(out: Path, sources: Path) -> Path:
+    """The planted sources imported by `dmas-repro import-reference` (both formats) into `out`."""
+    from dmas_repro.eval.reference import import_reference
+
+    olmo, pythia = write_reference_sources(sources)
+    import_reference("olmo-ladder", [str(olmo)], str(out))
+    import_reference("pythia", [str(pythia)], str(out))
+    return out
+
+
+def write_workspace(root: Path, seed: int = 0,
+                    parts=("runs", "results", "items", "probes", "ablations", "weights", "reference")):
     rng = np.random.default_rng(seed)
     root = Path(root)
     res_rows, item_rows, probe_rows = [], [], []
@@ -139,6 +198,8 @@ def write_workspace(root: Path, seed: int = 0, parts=("runs", "results", "items"
         write_world_size_ablation(root / "runs" / "ablate" / "world-size")
     if "weights" in parts:
         write_weights_csv(root / "results" / "weights" / "tiny.csv")
+    if "reference" in parts:
+        write_reference_store(root / "results" / "reference", root / "reference_sources")
     return root
 
 

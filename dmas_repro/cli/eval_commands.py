@@ -1,4 +1,5 @@
-"""Commands of the evaluation stage: eval-all-checkpoints (flags derived from `EvalConfig`), chat."""
+"""Commands of the evaluation stage: eval-all-checkpoints (flags derived from `EvalConfig`), chat,
+import-reference."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def _cmd_chat(args) -> int:
     return chat(args.checkpoint, args.prompt, raw=args.raw, device=args.device, dtype=args.dtype,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed)
+
+
+def _cmd_import_reference(args) -> int:
+    from ..eval.reference import run
+
+    return run(args.format, args.paths, args.out, csv=not args.parquet_only)
 
 
 def register(sub, common) -> None:
@@ -46,3 +53,21 @@ def register(sub, common) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on GPU, as stored on CPU)")
     p.set_defaults(func=_cmd_chat)
+
+    from ..eval.reference import FORMATS
+
+    p = sub.add_parser(
+        "import-reference", parents=[common],
+        help="published per-checkpoint results of other suites (OLMo ladder, Pythia) into a results store",
+        description="Read OLMo-ladder CSVs or Pythia lm-eval result JSONs (files, or directories searched for "
+                    "*.csv / *.json) into DIR/results.csv and .parquet (kind reference), with lm-eval's task and "
+                    "metric names (the mapping: dmas_repro/eval/reference.py, README). Columns or tasks the mapping "
+                    "does not cover are reported; a malformed file stops the import before anything is written.",
+    )
+    p.add_argument("format", choices=FORMATS, help="olmo-ladder (model-ladder CSVs) or pythia (lm-eval v0.3 JSONs)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories holding them")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the reference results store (created; an existing one keeps its other runs)")
+    p.add_argument("--parquet-only", action="store_true",
+                   help="write results.parquet but not results.csv (a full import's CSV is ~21 MB)")
+    p.set_defaults(func=_cmd_import_reference)

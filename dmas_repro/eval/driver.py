@@ -183,7 +183,14 @@ def run(cfg: EvalConfig) -> int:
                          "probes/temperature": probe_cfg.temperature, "probes/top_k": probe_cfg.top_k})
     store.check_settings(settings)
 
-    todo = [(ck, [u for u in units if not store.done(ck.label, u)]) for ck in ckpts]
+    # Another suite's model (own_model False) gets the same benchmarks; validation loss and probes need our
+    # architecture and tokenizer, so they are not units of it.
+    skipped_parts = [u for u in units if u in ("val_loss", "probes")]
+    if skipped_parts and any(not ck.own_model for ck in ckpts):
+        log.info(f"note: {', '.join(c.label for c in ckpts if not c.own_model)}: other architectures/tokenizers; "
+                 f"benchmarks only ({', '.join(skipped_parts)} need the DMaS-LLaMa-Lite model)")
+    todo = [(ck, [u for u in units if not store.done(ck.label, u) and (ck.own_model or u not in skipped_parts)])
+            for ck in ckpts]
     todo = [(ck, pending) for ck, pending in todo if pending]
     log.info(f"{len(ckpts)} checkpoint(s) in this shard, {len(todo)} with work left; results in {out}")
     if val_set is not None and any("val_loss" in pending for _, pending in todo):
@@ -204,7 +211,7 @@ def run(cfg: EvalConfig) -> int:
             local = None
             try:
                 local = fut.result()
-                sources.check_loadable(local.path)
+                sources.check_loadable(local.path, ck.own_model)
             except Exception as e:  # noqa: BLE001 - a failed checkpoint is recorded, the others go on
                 _report(ck.label, "load", e)
                 store.record_failure(ck.label, "load", _error_text(e))

@@ -4,6 +4,10 @@
 `dmas_repro.model.released`), hub ids (`owner/name[@revision]`), local Hugging Face
 directories, dmas-repro checkpoint directories, and training run directories (`runs/NAME`:
 every `checkpoints/step_*`, kind base, and the SFT stage under `sft/`, kind instruct).
+Reference families of other suites (`pythia-1.4b`, `olmo-1b`, `tinyllama-1.1b`, ...: the
+reference registry, `released.reference_rows`) and their labels (`pythia-1.4b-step1000`) name
+checkpoints of other architectures and tokenizers (`own_model` False): the driver runs their
+lm-eval benchmarks exactly as for DMaS and skips the parts that need our model.
 
 `Fetcher.iterate(checkpoints)` yields each checkpoint with a future of its local HF directory:
 hub repos are downloaded (weights and tokenizer only, resumable, sha256 checked against the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import re
@@ -31,6 +36,7 @@ from ..core.files import check_free_space, dir_size_bytes, file_sha256
 from ..model import hf, hub
 from ..model import released as registry
 from ..model import weights as checkpoint
+from ..model.released import reference_families, reference_rows
 from ..train import layout
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ class Checkpoint:
     revision: str | None = None
     path: Path | None = None  # set for local checkpoints
     export: bool = False  # a dmas-repro checkpoint directory: exported to HF format on the fly
+    own_model: bool = True  # our architecture and GPT-2 tokenizer; False (a reference model): benchmarks only
 
 
 @dataclass
@@ -66,6 +73,14 @@ def released() -> list[Checkpoint]:
     """The released checkpoints, in training order (base first, then the instruct model)."""
     return [Checkpoint(label=r["label"], kind=r["kind"], step=r["step"], tokens=r["tokens"], source=r["repo_id"],
                        repo_id=r["repo_id"], revision=r["revision"]) for r in registry.rows()]
+
+
+def reference(family: str | None = None) -> list[Checkpoint]:
+    """Reference checkpoints of other suites (all, or one family's), each at a hub revision."""
+    return [Checkpoint(label=r["label"], kind=r["kind"], step=r["step"], tokens=r["tokens"],
+                       source=f"{r['repo_id']}@{r['revision']}" if r["revision"] else r["repo_id"],
+                       repo_id=r["repo_id"], revision=r["revision"], own_model=False)
+            for r in reference_rows(family)]
 
 
 # ---------------------------------------------------------------- parsing --checkpoints
@@ -98,6 +113,12 @@ def parse_one(spec: str, registry: list[Checkpoint] | None = None) -> list[Check
         return [c for c in registry if c.kind == spec.split("-")[1]]
     if spec in by_label:
         return [by_label[spec]]
+    if spec in reference_families():
+        return reference(spec)
+    refs = reference()
+    for c in refs:
+        if spec == c.label:
+            return [c]
     p = Path(spec).expanduser()
     if p.exists():
         if not p.is_dir():
@@ -120,6 +141,18 @@ def parse_one(spec: str, registry: list[Checkpoint] | None = None) -> list[Check
         if repo_id in by_repo:
             c = by_repo[repo_id]
             return [replace(c, revision=revision or c.revision, source=spec)]
+        known = [r for r in reference_rows() if r["repo_id"] == repo_id]
+        if known:  # another suite's model: benchmarks only, its step and tokens from a stepN revision
+            hit = [c for c in refs if revision and c.repo_id == repo_id and c.revision == revision]
+            if hit:
+                return [replace(hit[0], source=spec)]
+            m = re.match(r"step(\d+)(?:-|$)", revision or "")
+            step = int(m.group(1)) if m else None
+            label = (f"{known[0]['family']}-step{step}" if m else f"{known[0]['family']}-main" if not revision
+                     else f"{repo_id.replace('/', '--')}@{revision}")
+            return [Checkpoint(label=safe_label(label), kind="base", step=step,
+                               tokens=None if step is None else step * known[0]["tokens_per_step"], source=spec,
+                               repo_id=repo_id, revision=revision or None, own_model=False)]
         return [Checkpoint(label=safe_label(repo_id.replace("/", "--")), kind=layout.kind_of(repo_id), step=None,
                            tokens=None, source=spec, repo_id=repo_id, revision=revision or None)]
     raise UserError(f"--checkpoints {spec!r}: no such directory, not a hub id (owner/name) and not 'released'")
@@ -172,16 +205,61 @@ def model_sha(weight_shas: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def weight_shas(hf_dir: Path) -> dict[str, str]:
-    return {f.name: file_sha256(f) for f in hf.weight_files(hf_dir)}
+def foreign_weight_files(hf_dir: Path) -> list[Path]:
+    """The weight files of another suite's HF directory: safetensors when it has them, else pytorch_model*.bin."""
+    hf_dir = Path(hf_dir)
+    if (hf_dir / hf.SAFE_SINGLE).is_file() or (hf_dir / hf.SAFE_INDEX).is_file():
+        return hf.weight_files(hf_dir)
+    index = hf_dir / "pytorch_model.bin.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{index}: unreadable shard index ({e})") from None
+        files = [hf_dir / n for n in names]
+    else:
+        files = [hf_dir / "pytorch_model.bin"]
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"{f}: missing (no model.safetensors or pytorch_model.bin in {hf_dir})")
+    return files
 
 
-def check_loadable(hf_dir: Path) -> None:
-    """Fail with one clear message on a config of another architecture or a corrupt/truncated weight file."""
+def weight_shas(hf_dir: Path, own_model: bool = True) -> dict[str, str]:
+    files = hf.weight_files(hf_dir) if own_model else foreign_weight_files(hf_dir)
+    return {f.name: file_sha256(f) for f in files}
+
+
+def check_foreign(hf_dir: Path) -> None:
+    """Another suite's model: a config transformers knows (no remote code) and weight files that are there."""
+    from transformers import AutoConfig
+
+    cfg = Path(hf_dir) / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"{cfg}: no config.json (is {hf_dir} a Hugging Face model directory?)")
+    try:
+        AutoConfig.from_pretrained(str(hf_dir), trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"{cfg}: transformers cannot read this config without remote code "
+                        f"({str(e).splitlines()[0]})") from None
+    files = foreign_weight_files(hf_dir)
+    if files[0].suffix == ".safetensors":
+        _check_safetensors(files)
+
+
+def check_loadable(hf_dir: Path, own_model: bool = True) -> None:
+    """Fail with one clear message on a config of another architecture or a corrupt/truncated weight file.
+    `own_model` False (a reference model of another suite): see `check_foreign`."""
+    if not own_model:
+        return check_foreign(hf_dir)
+    hf.read_config(hf_dir, pad_vocab=False)
+    _check_safetensors(hf.weight_files(hf_dir))
+
+
+def _check_safetensors(files: list[Path]) -> None:
     from safetensors import SafetensorError, safe_open
 
-    hf.read_config(hf_dir, pad_vocab=False)
-    for f in hf.weight_files(hf_dir):
+    for f in files:
         try:
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
@@ -204,8 +282,9 @@ class HubFiles:
         return sum(self.sizes.values())
 
 
-def hub_files(repo_id: str, revision: str | None) -> HubFiles | None:
-    """Sizes and sha256s of the files `hub.download` fetches; None when the Hub cannot be reached."""
+def hub_files(repo_id: str, revision: str | None, patterns: list[str] | None = None) -> HubFiles | None:
+    """Sizes and sha256s of the files `hub.download` fetches (`patterns`, default `hub.MODEL_FILES`); None
+    when the Hub cannot be reached."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -221,11 +300,22 @@ def hub_files(repo_id: str, revision: str | None) -> HubFiles | None:
         return None
     sizes, shas = {}, {}
     for s in info.siblings or []:
-        if any(fnmatch.fnmatch(s.rfilename, pat) for pat in hub.MODEL_FILES):
+        if any(fnmatch.fnmatch(s.rfilename, pat) for pat in (hub.MODEL_FILES if patterns is None else patterns)):
             sizes[s.rfilename] = int(s.size or 0)
             if s.lfs is not None and getattr(s.lfs, "sha256", None):
                 shas[s.rfilename] = s.lfs.sha256
     return HubFiles(commit=info.sha, sizes=sizes, sha256=shas)
+
+
+def download_patterns(ck: Checkpoint, meta: HubFiles | None) -> list[str]:
+    """What to download: `hub.MODEL_FILES` for our checkpoints; for another suite's, also pytorch_model*.bin
+    when the revision has no safetensors (and when the Hub cannot say: the cache is used as it is)."""
+    if ck.own_model:
+        return hub.MODEL_FILES
+    extra = hub.EXTRA_TOKENIZER_FILES
+    if meta is not None and any(n.endswith(".safetensors") for n in meta.sizes):
+        return hub.MODEL_FILES + extra
+    return hub.MODEL_FILES + hub.BIN_FILES + extra
 
 
 def _hub_cache_root(cache_dir: Path | None) -> Path:
@@ -258,7 +348,14 @@ class Fetcher:
     def _hub_meta(self, ck: Checkpoint) -> HubFiles | None:
         key = f"{ck.repo_id}@{ck.revision}"
         if key not in self._meta:
-            self._meta[key] = hub_files(ck.repo_id, ck.revision)
+            if ck.own_model:
+                self._meta[key] = hub_files(ck.repo_id, ck.revision)
+            else:  # either weight format may be there: keep the one download_patterns picks
+                meta = hub_files(ck.repo_id, ck.revision, hub.MODEL_FILES + hub.BIN_FILES + hub.EXTRA_TOKENIZER_FILES)
+                if meta is not None:
+                    keep = download_patterns(ck, meta)
+                    meta.sizes = {n: b for n, b in meta.sizes.items() if any(fnmatch.fnmatch(n, p) for p in keep)}
+                self._meta[key] = meta
         return self._meta[key]
 
     def estimate(self, ck: Checkpoint) -> int:
@@ -278,7 +375,7 @@ class Fetcher:
             return self._download(ck)
         if ck.export:
             return self._export(ck)
-        shas = weight_shas(ck.path)
+        shas = weight_shas(ck.path, ck.own_model)
         return Local(ck, ck.path, model_sha(shas), owned=False, size=0, verified=False)
 
     def _check_budget(self, ck: Checkpoint, need: int, where: Path) -> None:
@@ -300,8 +397,12 @@ class Fetcher:
         if meta is not None:
             log.info(f"{ck.label}: {'checking' if was_cached else 'downloading'} {ck.repo_id}"
                      + (f"@{revision}" if revision else ""))
-        path = hub.download(ck.repo_id, revision=revision, cache_dir=self.cache_dir)
-        shas = weight_shas(path)
+        if ck.own_model:
+            path = hub.download(ck.repo_id, revision=revision, cache_dir=self.cache_dir)
+        else:
+            path = hub.download(ck.repo_id, revision=revision, cache_dir=self.cache_dir,
+                                allow_patterns=download_patterns(ck, meta))
+        shas = weight_shas(path, ck.own_model)
         verified = False
         if meta is not None:
             bad = [name for name, sha in shas.items() if meta.sha256.get(name) not in (None, sha)]

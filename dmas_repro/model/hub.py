@@ -24,19 +24,29 @@ MODEL_FILES = [
 ]
 
 
+# Other suites' models (reference checkpoints: Pythia, OLMo, TinyLlama) may store pickled PyTorch weights
+# instead of safetensors, and a SentencePiece tokenizer: downloaded for them only when the revision has no
+# safetensors (`dmas_repro.eval.sources`).
+BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+EXTRA_TOKENIZER_FILES = ["tokenizer.model"]
+
+
 def looks_like_repo_id(s: str) -> bool:
     parts = s.split("/")
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
 
-def download(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Resumable download of a model repo's weights and tokenizer into the HF cache."""
+def download(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+             allow_patterns: list[str] | None = None) -> Path:
+    """Resumable download of a model repo's weights and tokenizer into the HF cache (`allow_patterns`:
+    the files to fetch, default MODEL_FILES)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return Path(
-            snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=MODEL_FILES)
+            snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                              allow_patterns=MODEL_FILES if allow_patterns is None else allow_patterns)
         )
     except RepositoryNotFoundError:
         raise UserError(f"{repo_id}: no such model repository on the Hugging Face Hub") from None

@@ -1,5 +1,6 @@
 """`make figures`: every manifest entry builds from a complete (synthetic) workspace with provenance;
-missing inputs skip one entry with a message naming the command to run; the Makefile target works."""
+missing inputs skip one entry with a message naming the command to run; the Makefile target works, the
+reference entries with the reference store shipped in examples/."""
 
 import hashlib
 import json
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from analysis_synth import write_workspace
 from PIL import Image
@@ -16,6 +18,7 @@ from paper_figures import build
 from paper_figures.manifest import MANIFEST
 
 REPO = Path(__file__).resolve().parents[2]
+REFERENCE_ENTRIES = [e.name for e in MANIFEST if "reference" in e.name]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,10 @@ def test_every_manifest_entry_builds_with_provenance(built):
     acc = json.loads((out / "acc_vs_loss.provenance.json").read_text())
     assert acc["inputs"]["results/offline/results.csv"] == sha
     assert any(k.startswith("results/offline/items/") for k in acc["inputs"])
+    for name in REFERENCE_ENTRIES:  # the workspace's own reference store, beside its DMaS results
+        side = json.loads((out / f"{name}.provenance.json").read_text())["inputs"]
+        assert {"results/reference/results.csv", "results/reference/reference.json"} <= set(side), name
+        assert "results/offline/results.csv" in side
     for e in tables:
         for ext in ("md", "tex", "csv", "provenance.json"):
             assert (out / f"{e.name}.{ext}").stat().st_size > 0
@@ -53,8 +60,6 @@ def test_every_manifest_entry_builds_with_provenance(built):
 
 
 def test_tables_hold_generated_values(built):
-    import pandas as pd
-
     from dmas_repro.model.transformer import PRESETS
     from dmas_repro.train.config import PRESETS as TRAIN_PRESETS
 
@@ -70,18 +75,28 @@ def test_tables_hold_generated_values(built):
     assert easy["midpoint"] == pytest.approx(5.5, abs=0.3) and easy["emergence_rank"] == 1
     q = (out / "qualitative_outputs.md").read_text()
     assert "tiny-step_00000100" in q and "tiny-sft-hf" in q
+    m = pd.read_csv(out / "reference_matched_tokens_long.csv")
+    assert m.groupby(["series", "task"]).size().eq(10).all()  # the ten released token counts
+    assert set(m.task) == {"arc_easy", "piqa", "hellaswag"}
+    rt = pd.read_csv(out / "reference_transitions.csv")
+    planted = rt[(rt.series == "OLMo-ladder-1B-1xC") & (rt.against == "olmo-ladder c4_en loss")].set_index("task")
+    assert planted.loc["piqa", "emergence_rank"] == 1 and planted.loc["hellaswag", "emergence_rank"] == 2
 
 
 def test_missing_inputs_skip_with_the_command_to_run(tmp_path):
     root = write_workspace(tmp_path / "ws", parts=("runs",))
     out = tmp_path / "out"
     lines = []
-    report = build.build(analysis.discover(root), out, log=lines.append)
+    inputs = analysis.discover(root)
+    assert inputs.reference == analysis.io.shipped_reference()  # none of its own: the shipped one
+    inputs.reference = []
+    report = build.build(inputs, out, log=lines.append)
     assert report["failed"] == {}
     assert {"training_curves", "architecture"} <= set(report["built"])
     assert "eval-all-checkpoints" in report["skipped"]["scores_vs_tokens"]
     assert "ablate resume" in report["skipped"]["resume_ablation"]
     assert "analysis.weights" in report["skipped"]["weight_change"]
+    assert all("import-reference" in report["skipped"][n] for n in REFERENCE_ENTRIES)
     assert any("skipped scores_vs_tokens" in ln for ln in lines)
     assert not (out / "scores_vs_tokens.png").exists() and (out / "training_curves.png").exists()
 
@@ -101,6 +116,15 @@ def test_make_figures_target(tmp_path):
         if e.name in report["built"]:
             exts = ("png", "pdf") if e.kind == "figure" else ("md", "tex", "csv")
             assert all((out / f"{e.name}.{x}").stat().st_size > 0 for x in exts), e.name
+    # the reference entries: the shipped reference store beside the tiny run; real transitions
+    side = json.loads((out / "reference_acc_vs_loss.provenance.json").read_text())["inputs"]
+    assert {"examples/results/reference/results.parquet", "examples/results/offline/results.csv"} <= set(side)
+    rt = pd.read_csv(out / "reference_transitions.csv")
+    hs = rt[(rt.series == "OLMo-ladder-1B-1xC") & (rt.task == "hellaswag")].set_index("against")
+    assert 4.0 < hs.loc["olmo-ladder c4_en loss", "transition"] < 4.6
+    assert set(rt[rt.series == "tiny"].task) == {"hellaswag_dev"}
+    m = pd.read_csv(out / "reference_matched_tokens_long.csv")
+    assert set(m.checkpoint) == set(analysis.reference.dmas_token_counts().checkpoint)
 
 
 def _env():
@@ -134,3 +158,31 @@ def test_example_results_keep_only_small_files(tmp_path):
     files = mer.collect(work, dest)
     assert sorted(str(f.relative_to(dest)) for f in files) == sorted(keep)
     assert not (dest / "stale.txt").exists()
+
+
+def test_example_results_keep_the_reference_store_without_its_sources(tmp_path):
+    """The reference store's sources are not in the repository: regenerating examples/ without them (or
+    without the reference stage) keeps the shipped store and its commands' record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mer", REPO / "scripts" / "make_example_results.py")
+    mer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mer)
+    dest = tmp_path / "examples"
+    (dest / "results" / "reference").mkdir(parents=True)
+    (dest / "results" / "reference" / "results.parquet").write_text("old store")
+    rec = {"command": ["dmas-repro", "import-reference", "pythia", "x"], "seconds": 1.0, "git_commit": "abc"}
+    (dest / "manifest.json").write_text(json.dumps({"commands": [rec]}))
+    assert mer._previous_commands(dest, "import-reference") == [rec]
+    work = tmp_path / "work"
+    (work / "results" / "weights").mkdir(parents=True)
+    (work / "results" / "weights" / "tiny.csv").write_text("x")
+    files = mer.collect(work, dest, carry=(mer.REFERENCE_STORE,))
+    assert sorted(str(f.relative_to(dest)) for f in files) == ["results/reference/results.parquet",
+                                                               "results/weights/tiny.csv"]
+    assert (dest / "results" / "reference" / "results.parquet").read_text() == "old store"
+    assert mer._previous_commands(tmp_path / "nowhere", "import-reference") == []
+    cmds = mer.commands(None, tmp_path / "src")["reference"]
+    assert [c[3:6] for c in cmds] == [["import-reference", "olmo-ladder", str(tmp_path / "src" / "olmo-ladder")],
+                                      ["import-reference", "pythia", str(tmp_path / "src" / "pythia-evals")]]
+
