@@ -52,7 +52,9 @@ FORMATS = ("olmo-ladder", "pythia")
 KIND = "reference"
 MANIFEST = "reference.json"
 STORE_FORMAT = "dmas-repro reference store 1"
-REFERENCE_COLUMNS = ["series", "family", "model_size", "run", "corpus", "split", "source_sha256"]
+# beyond the store's own columns (which already name a validation-loss row's corpus)
+REFERENCE_COLUMNS = [c for c in ("series", "family", "model_size", "run", "corpus", "split", "source_sha256")
+                     if c not in COLUMNS]
 REFERENCE_KEY = KEY + ["corpus"]  # one validation-loss row per corpus
 PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1,024 sequences x 2,048 tokens (Pythia paper, every size)
 
