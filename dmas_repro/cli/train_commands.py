@@ -10,6 +10,7 @@ _Raw = argparse.RawDescriptionHelpFormatter
 
 
 def _cmd_train(args) -> int:
+    from ..core.files import check_out_dir
     from ..train import distributed as D
     from ..train import stages
     from ..train.config import load_config
@@ -18,7 +19,7 @@ def _cmd_train(args) -> int:
     embedded = not (args.preset or args.config or args.overrides or args.out)
     preset = args.preset or "tiny"
     if args.out:
-        run_dir = Path(args.out)
+        run_dir = check_out_dir(args.out)
     elif args.resume:
         run_dir = Path("runs") / preset
     else:
@@ -42,9 +43,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sft(args) -> int:
+    from ..core.files import check_out_dir
     from ..train import distributed as D
     from ..train.sft import run_sft
 
+    check_out_dir(args.out)
     result = run_sft(args.base, args.out, args.preset, args.overrides or [], device=args.device, dtype=args.dtype,
                      max_steps=args.max_steps, resume=args.resume, restore_optimizer=not args.no_restore_optimizer,
                      data=args.data, revision=args.revision, cache_dir=args.cache_dir)
@@ -57,10 +60,11 @@ def _cmd_sft(args) -> int:
 
 def _cmd_resume(args) -> int:
     from ..core.config import from_args
+    from ..core.files import check_out_dir
     from ..train.ablate import SUMMARY, ResumeAblation, run_resume
 
     ab = from_args(ResumeAblation, args, overrides=list(args.overrides or []))
-    out = Path(args.out or "runs/ablate/resume")
+    out = check_out_dir(args.out or "runs/ablate/resume")
     s = run_resume(ab, out)
     if s is None:
         print(f"stopped; rerun the same command to continue {out}", file=sys.stderr)
@@ -77,10 +81,11 @@ def _cmd_resume(args) -> int:
 
 def _cmd_world_size(args) -> int:
     from ..core.config import from_args
+    from ..core.files import check_out_dir
     from ..train.ablate import SUMMARY, WorldSizeAblation, run_world_size
 
     ab = from_args(WorldSizeAblation, args, overrides=list(args.overrides or []))
-    out = Path(args.out or "runs/ablate/world-size")
+    out = check_out_dir(args.out or "runs/ablate/world-size")
     s = run_world_size(ab, out)
     if s is None:
         print(f"stopped; rerun the same command to continue {out}", file=sys.stderr)
