@@ -27,6 +27,15 @@ from .core import Context, Skip
 from .manifest import MANIFEST, by_name
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+# What `make figures` refuses or fails with one line (README.md "Commands" errors table: tests/test_cli.py
+# checks that the two match); shown by --help.
+ERRORS = (
+    "`--results`/`--runs`/`--root` that does not exist, or no inputs at all; an input that exists but "
+    "cannot be read (a `results.csv`, `metrics.jsonl`, items, probes, summary or weights table that is "
+    "not UTF-8, not CSV/JSON, lacks a column or holds text where a number belongs): that entry fails with "
+    "one line naming the file, the others still build, exit 2 (exit 1 only when a figure script itself "
+    "fails, with its traceback)"
+)
 
 
 def build(inputs: analysis.io.Inputs, out: Path, only: list[str] | None = None, n_boot: int = 200,
@@ -84,7 +93,8 @@ def _index(report: dict, entries) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m paper_figures", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m paper_figures", description=__doc__.split("\n\n")[0],
+                                 epilog=f"errors (exit status 2): {ERRORS}.")
     ap.add_argument("--results", help="results directory (default: results/, else examples/results)")
     ap.add_argument("--runs", help="runs directory (default: runs/, else examples/runs)")
     ap.add_argument("--root", help="working directory holding results/ and runs/ (default: the current one)")

@@ -16,6 +16,7 @@ import sys
 from ..core import logs
 from ..core.errors import UserError
 from . import data_commands, eval_commands, model_commands, speed_commands, train_commands
+from .errors import ERRORS
 
 # The command groups, in the order the data flows.
 GROUPS = (model_commands, data_commands, train_commands, eval_commands, speed_commands)
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmas-repro", parents=[_verbosity_flags(0)],
         description="Reproduce and analyse DMaS-LLaMa-Lite (1.7B LLaMa on FineWeb-Edu).",
+        epilog="A mistake a user can cause ends in one line on stderr and exit status 2 (`dmas-repro COMMAND "
+               f"--help` lists each command's); for every command: {ERRORS['every command']}.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:

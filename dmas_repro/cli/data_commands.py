@@ -28,8 +28,9 @@ def _cmd_prepare(args) -> int:
 def register(sub, common) -> None:
     from ..core.config import add_arguments
     from ..data.prepare import PrepareConfig
+    from .errors import epilog
 
-    p = sub.add_parser("prepare-data", parents=[common],
+    p = sub.add_parser("prepare-data", parents=[common], epilog=epilog("prepare-data"),
                        help="tokenize a corpus into uint16 shards (bundled, fineweb-edu, or files)")
     add_arguments(p, PrepareConfig, exclude=("chunk_docs",),
                   defaults={"num_proc": f"the CPU count, at most 8 (here {_default_procs()})"})

@@ -9,7 +9,8 @@ def _cmd_eval_all(args) -> int:
     from ..eval.driver import EvalConfig, run
 
     cfg = from_args(EvalConfig, args, parts_explicit=args.parts is not None)
-    check_out_dir(cfg.out or f"results/{cfg.suite}")
+    if cfg.out:
+        check_out_dir(cfg.out)  # before any work (the default results/<suite> is the driver's)
     return run(cfg)
 
 
@@ -24,9 +25,10 @@ def _cmd_chat(args) -> int:
 def register(sub, common) -> None:
     from ..core.config import add_arguments
     from ..eval.driver import EvalConfig
+    from .errors import epilog
 
     p = sub.add_parser(
-        "eval-all-checkpoints", parents=[common],
+        "eval-all-checkpoints", parents=[common], epilog=epilog("eval-all-checkpoints"),
         help="every checkpoint through lm-eval benchmarks, validation loss and probes, into one results store",
         description="Evaluate checkpoints (default: the ten released ones and the instruct model) with "
                     "lm-evaluation-harness, validation loss and qualitative probes. Rerun the same command to "
@@ -35,7 +37,7 @@ def register(sub, common) -> None:
     add_arguments(p, EvalConfig)
     p.set_defaults(func=_cmd_eval_all)
 
-    p = sub.add_parser("chat", parents=[common],
+    p = sub.add_parser("chat", parents=[common], epilog=epilog("chat"),
                        help="chat with an instruct checkpoint (streams; stops at <|endoftext|>)")
     p.add_argument("--checkpoint", required=True,
                    help="hub id, HF directory, checkpoint directory, or run directory (its sft/ export first)")

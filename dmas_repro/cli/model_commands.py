@@ -91,14 +91,17 @@ def _cmd_import_hf(args) -> int:
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("info", parents=[common], help="architecture, parameter count, FLOPs/token, size on disk")
+    from .errors import epilog
+
+    p = sub.add_parser("info", parents=[common], help="architecture, parameter count, FLOPs/token, size on disk",
+                       epilog=epilog("info"))
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", help="a model preset: paper or tiny")
     g.add_argument("--checkpoint", help="a dmas-repro checkpoint or a Hugging Face model directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("export-hf", parents=[common],
+    p = sub.add_parser("export-hf", parents=[common], epilog=epilog("export-hf"),
                        help="write a checkpoint as a transformers LlamaForCausalLM directory")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint directory, HF directory, training run directory (its newest checkpoint), "
@@ -112,7 +115,7 @@ def register(sub, common) -> None:
     p.add_argument("--cache-dir", default=None, help="download cache directory")
     p.set_defaults(func=_cmd_export_hf)
 
-    p = sub.add_parser("import-hf", parents=[common],
+    p = sub.add_parser("import-hf", parents=[common], epilog=epilog("import-hf"),
                        help="read a released (or any compatible) HF checkpoint into our format")
     p.add_argument("source", help="a Hugging Face directory or a hub id like McGill-DMaS/DMaS-LLaMa-Lite-step-5.1k")
     p.add_argument("--out", required=True, help="output checkpoint directory: new or empty")

@@ -108,13 +108,14 @@ def register(sub, common) -> None:
     from ..train.config import PRESETS, TrainConfig
     from ..train.sft import SFT_PRESETS, SFTConfig
     from ..train.stages import STAGES
+    from .errors import epilog
 
     p = sub.add_parser(
         "train", parents=[common],
         help="pretrain (then later stages); no arguments: the embedded tiny run on bundled data",
         description="Config = preset + optional YAML + key=value overrides (model.KEY=... for the model, "
                     "STAGE.KEY=... for a later stage). Under torchrun it runs data-parallel.",
-        epilog="config keys (TrainConfig, paper preset defaults):\n" + describe(TrainConfig),
+        epilog="config keys (TrainConfig, paper preset defaults):\n" + describe(TrainConfig) + "\n\n" + epilog("train"),
         formatter_class=_Raw)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. lr=3e-4 micro_batch=8")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="training preset (default tiny)")
@@ -138,7 +139,7 @@ def register(sub, common) -> None:
         description="Config = preset + key=value overrides: SFT keys (below) and the training loop's keys "
                     "(lr, min_lr, warmup_steps, total_steps, micro_batch, val_every, ckpt_every, ...; see "
                     "`dmas-repro train --help`).",
-        epilog="SFT keys:\n" + describe(SFTConfig), formatter_class=_Raw)
+        epilog="SFT keys:\n" + describe(SFTConfig) + "\n\n" + epilog("sft"), formatter_class=_Raw)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. method=full lr=1e-4")
     p.add_argument("--base", required=True,
                    help="hub id, HF directory, checkpoint directory, or training run directory (newest checkpoint)")
@@ -156,7 +157,8 @@ def register(sub, common) -> None:
     p.set_defaults(func=_cmd_sft)
 
     p = sub.add_parser("ablate", parents=[common], help="the paper's training lessons at small scale: resume, "
-                       "world-size", description="Rerun the paper's two training lessons through the training loop.")
+                       "world-size", description="Rerun the paper's two training lessons through the training loop.",
+                       epilog=epilog("ablate"))
     asub = p.add_subparsers(dest="ablation", metavar="ABLATION", required=True)
     r = asub.add_parser("resume", parents=[common],
                         help="resume with the full state vs a fresh AdamW (and the re-stretched LR)",
