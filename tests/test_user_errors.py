@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dmas_repro.cli import main
+from dmas_repro.core.errors import UserError
 from dmas_repro.data import prepare as prep
 from dmas_repro.model import hf
 from dmas_repro.model import weights as checkpoint
@@ -126,6 +127,13 @@ def test_export_hf_takes_a_run_directory_and_chat_names_a_missing_path(run4, tmp
     assert not (tmp_path / "x").exists()
 
 
+def test_a_run_directory_where_a_model_directory_is_needed(run4, capsys):
+    with pytest.raises(UserError, match="training run directory.*checkpoints/step_"):
+        checkpoint.load_any(run4)
+    assert main(["info", "--checkpoint", str(run4), "--json"]) == 0  # info takes it: its newest checkpoint
+    assert str(layout.newest_checkpoint(run4)) in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, said", [
     (["--prompt", "hi", "--top-p", "0", "--temperature", "1"], "--top-p 0.0: must be in (0, 1]"),
     (["--prompt", "hi", "--top-p", "1.5", "--temperature", "1"], "--top-p 1.5"),
@@ -188,6 +196,38 @@ def test_checkpoints_hold_no_pickle(run4):
     assert all(isinstance(v["exp_avg"], torch.Tensor) for v in osd["state"].values())
     rng = tc.read_rng_states(ck)
     assert len(rng) == 1 and rng[0]["torch"].dtype == torch.uint8 and len(rng[0]["python"][1]) == 625
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimizer_and_rng_state_round_trip_exactly(tmp_path, fused):
+    import random
+
+    import numpy as np
+
+    from dmas_repro.train import optim
+
+    m = _micro_model()
+    opt = optim.build_adamw(m, 1e-3, 0.1, (0.9, 0.95), 1e-8, fused)
+    x = torch.randint(0, 50257, (2, 8))
+    m(x, x).backward()
+    opt.step()
+    tc.save_optimizer_state(tc.optimizer_state_by_name(m, opt), tmp_path / layout.OPTIMIZER)
+    again = optim.build_adamw(m, 1e-3, 0.1, (0.9, 0.95), 1e-8, fused)
+    tc.load_optimizer(m, m, again, tc.read_optimizer_state(tmp_path), "ddp", "test")
+    a, b = opt.state_dict(), again.state_dict()
+    assert a["param_groups"] == b["param_groups"] and isinstance(b["param_groups"][0]["betas"], tuple)
+    for k in a["state"]:
+        for key, v in a["state"][k].items():
+            assert torch.equal(v, b["state"][k][key]) and v.dtype == b["state"][k][key].dtype
+    random.gauss(0, 1)  # a cached gaussian in the python state, too
+    np.random.standard_normal()
+    state = tc.rng_state()
+    tc.save_rng_states([state, state], tmp_path / layout.RNG)
+    want = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    back = tc.read_rng_states(tmp_path)
+    assert len(back) == 2
+    tc.set_rng_state(back[1])
+    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == want
 
 
 def test_a_planted_pickle_never_runs_on_resume(run4, data, tmp_path, capsys):

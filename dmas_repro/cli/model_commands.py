@@ -21,6 +21,9 @@ def _cmd_info(args) -> int:
         p = Path(args.checkpoint)
         if not p.is_dir():
             raise UserError(f"{p}: no such checkpoint directory")
+        from ..train.layout import model_dir_of
+
+        p = model_dir_of(str(p))  # a run directory: its newest checkpoint
         if (p / checkpoint.MODEL_CONFIG).is_file():
             cfg = checkpoint.read_model_config(p)
         else:
@@ -97,7 +100,8 @@ def register(sub, common) -> None:
                        epilog=epilog("info"))
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", help="a model preset: paper or tiny")
-    g.add_argument("--checkpoint", help="a dmas-repro checkpoint or a Hugging Face model directory")
+    g.add_argument("--checkpoint", help="a dmas-repro checkpoint, a Hugging Face model directory, or a training run "
+                                        "directory (its newest checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 

@@ -171,9 +171,9 @@ def save_rng_states(states: list[dict], path: str | os.PathLike) -> None:
         kind, keys, pos, has_gauss, cached = s["numpy"]
         host.append({"python": [version, list(mt), gauss],
                      "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]})
-        tensors[f"{r}.torch"] = s["torch"].detach().cpu().contiguous()
+        tensors[f"{r}.torch"] = s["torch"].detach().cpu().clone()  # (clones: ranks may share one state)
         if "cuda" in s:
-            tensors[f"{r}.cuda"] = s["cuda"].detach().cpu().contiguous()
+            tensors[f"{r}.cuda"] = s["cuda"].detach().cpu().clone()
     save_file(tensors, str(path), metadata={"format": _FORMAT, "host": _json(host, "RNG state")})
 
 
