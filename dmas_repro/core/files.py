@@ -109,7 +109,10 @@ def check_new_dir(final: str | os.PathLike, replace: Callable[[Path], bool | str
     one above it, and never a file. `flag` (e.g. "--out") prefixes the message."""
     shown = f"{flag} {final}" if flag else str(final)
     final = Path(os.path.abspath(final))
-    cwd = Path.cwd()
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the current directory was deleted: nothing to protect there
+        cwd = Path("/nonexistent-cwd")
     if final == cwd or final in cwd.parents or final == final.parent:
         raise UserError(f"{shown}: is the current directory (or one above it), which is not replaced; name a new "
                         "directory, e.g. ./hf")
