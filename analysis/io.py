@@ -8,7 +8,9 @@
   example results in `examples/` (made by `make example-results`).
 
 Every loader returns a pandas DataFrame and raises `FileNotFoundError` with the path when its
-input is missing (the figure builder turns that into a "skipped: run ..." message).
+input is missing (the figure builder turns that into a "skipped: run ..." message), and
+`BadInput` (a `UserError`: one line naming the file, what is wrong and what to do) when an input
+exists but cannot be read: not UTF-8, not JSON/CSV, a missing column, text where a number belongs.
 """
 
 from __future__ import annotations
@@ -22,24 +24,63 @@ from pathlib import Path
 
 import pandas as pd
 
+from dmas_repro.core.errors import UserError
+
 PathLike = str | os.PathLike
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = "examples"
 
 
-# ---------------------------------------------------------------- metrics.jsonl
-def load_metrics(path: PathLike, run: str | None = None) -> pd.DataFrame:
-    """All complete rows of one metrics.jsonl (a run dir or the file itself), with a `run` column."""
-    from dmas_repro.train.layout import read_metrics
+class BadInput(UserError):
+    """An input file that exists but cannot be read; the message names it and what to do."""
 
+
+def _text(f: Path, what: str, todo: str) -> str:
+    try:
+        return f.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{f}: not a {what} (not UTF-8 text at byte {e.start}); {todo}") from None
+    except OSError as e:
+        raise BadInput(f"{f}: cannot read it ({e.strerror}); {todo}") from None
+
+
+def _numeric(df: pd.DataFrame, cols, f: Path, todo: str, first_line: int = 1) -> pd.DataFrame:
+    """Columns that must hold numbers (or nothing): text there is a corrupt file, not a NaN."""
+    for c in cols:
+        if c in df.columns:
+            num = pd.to_numeric(df[c], errors="coerce")
+            bad = num.isna() & df[c].notna()
+            if bad.any():
+                i = int(bad.to_numpy().nonzero()[0][0])
+                raise BadInput(f"{f}: {c} is {df[c].iloc[i]!r}, not a number (row {i + first_line}); {todo}")
+            df[c] = num
+    return df
+
+
+# ---------------------------------------------------------------- metrics.jsonl
+METRIC_NUMBERS = ("step", "tokens", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s",
+                  "acc_norm")
+
+
+def load_metrics(path: PathLike, run: str | None = None) -> pd.DataFrame:
+    """All complete rows of one metrics.jsonl (a run dir or the file itself), with a `run` column.
+    A torn last line (a kill during a write) is skipped; any other unreadable line is `BadInput`."""
     p = Path(path)
     f = p / "metrics.jsonl" if p.is_dir() else p
     if not f.is_file():
         raise FileNotFoundError(f"{f}: no metrics file")
-    df = pd.DataFrame(read_metrics(f))
+    from dmas_repro.train.layout import read_metrics
+
+    todo = "restore the file or move its run directory out of the runs directory, then rerun"
+    try:
+        rows = read_metrics(f, strict=True)
+    except UserError as e:
+        raise BadInput(f"{e}; {todo}") from None
+    df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame({"kind": pd.Series(dtype=str), "step": pd.Series(dtype=int)})
+    df = _numeric(df, METRIC_NUMBERS, f, todo)
     df["run"] = run if run is not None else (p.name if p.is_dir() else p.parent.name)
     return df
 
@@ -130,6 +171,10 @@ def kind_of(checkpoint: str) -> str:
     return layout_kind(checkpoint)
 
 
+RESULTS_TODO = ("rerun the same `dmas-repro eval-all-checkpoints` command (it rebuilds results.csv from the "
+                "store's units/), or move the file away")
+
+
 def _read_table(p: Path) -> pd.DataFrame:
     if p.is_dir():
         csv, pq = p / "results.csv", p / "results.parquet"
@@ -141,7 +186,17 @@ def _read_table(p: Path) -> pd.DataFrame:
             raise FileNotFoundError(f"{p}: no results.csv or results.parquet")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such results file")
-    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    try:
+        if p.suffix == ".parquet":
+            return pd.read_parquet(p)
+        import io
+
+        return pd.read_csv(io.StringIO(_text(p, "results table", RESULTS_TODO)))
+    except BadInput:
+        raise
+    except Exception as e:  # pandas/pyarrow parse errors have no common base class
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BadInput(f"{p}: unreadable results table ({type(e).__name__}: {first}); {RESULTS_TODO}") from None
 
 
 def load_results(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
@@ -155,6 +210,11 @@ def load_results(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     frames = []
     for p in map(Path, paths):
         df = _read_table(p)
+        f = p / ("results.csv" if (p / "results.csv").is_file() else "results.parquet") if p.is_dir() else p
+        missing = {"checkpoint", "task", "metric", "value"} - set(df.columns)
+        if missing:
+            raise BadInput(f"{f}: not a results table (no column {', '.join(sorted(missing))}); {RESULTS_TODO}")
+        df = _numeric(df, ("step", "tokens", "value", "stderr", "n"), f, RESULTS_TODO, first_line=2)
         if "suite" not in df.columns:
             df["suite"] = (p if p.is_dir() else p.parent).name
         frames.append(df)
@@ -163,18 +223,12 @@ def load_results(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     if "series" in df.columns and df["series"].isna().any():  # a store without the column beside one with it
         df["series"] = df["series"].fillna(df["checkpoint"].map(series_of))
-    missing = {"checkpoint", "task", "metric", "value"} - set(df.columns)
-    if missing:
-        raise ValueError(f"results table lacks columns {sorted(missing)}")
     df["metric"] = df["metric"].map(normalise_metric)
     if "kind" not in df.columns:
         df["kind"] = "base"
     df["kind"] = df["kind"].fillna("base")
     if "series" not in df.columns:
         df["series"] = df["checkpoint"].map(series_of)
-    for col in ("step", "tokens", "value", "stderr", "n"):
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
     return df.drop_duplicates().reset_index(drop=True)
 
 
@@ -192,13 +246,14 @@ def load_items(path: PathLike, tasks: Iterable[str] | None = None) -> pd.DataFra
     for f in sorted(d.rglob("*.jsonl")):
         if want is not None and f.stem not in want:
             continue
-        with open(f) as fh:
-            for ln in fh:
-                if ln.strip():
-                    try:
-                        rows.append(json.loads(ln))
-                    except json.JSONDecodeError:
-                        continue  # a torn last line
+        for ln in _text(f, "per-item record file", RESULTS_TODO.replace("results.csv", "items/")).splitlines():
+            if ln.strip():
+                try:
+                    row = json.loads(ln)
+                except json.JSONDecodeError:
+                    continue  # a torn last line
+                if isinstance(row, dict) and "checkpoint" in row:
+                    rows.append(row)
     if not rows:
         raise FileNotFoundError(f"{d}: no per-item records")
     df = pd.DataFrame(rows)
@@ -224,12 +279,14 @@ def load_probes(path: PathLike) -> pd.DataFrame:
     if not f.is_file():
         raise FileNotFoundError(f"{f}: no probes file")
     rows = []
-    for ln in f.read_text().splitlines():
+    for ln in _text(f, "probes file", RESULTS_TODO.replace("results.csv", "probes.jsonl")).splitlines():
         if ln.strip():
             try:
-                rows.append(json.loads(ln))
+                row = json.loads(ln)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict) and "checkpoint" in row:
+                rows.append(row)
     if not rows:
         raise FileNotFoundError(f"{f}: empty probes file")
     df = pd.DataFrame(rows)
@@ -256,12 +313,37 @@ def load_ablation(path: PathLike) -> tuple[dict, pd.DataFrame]:
     f = d / "summary.json"
     if not f.is_file():
         raise FileNotFoundError(f"{f}: no ablation summary")
-    summary = json.loads(f.read_text())
+    summary = read_summary(f)
     runs = []
     for m in sorted(d.rglob("metrics.jsonl")):
         runs.append(load_metrics(m, run=str(m.parent.relative_to(d)) if m.parent != d else d.name))
     metrics = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
     return summary, metrics
+
+
+def read_summary(f: Path) -> dict:
+    """An ablation's summary.json (`BadInput` when it is not a JSON object)."""
+    todo = "rerun the ablation into a new --out, or move its directory out of the runs directory"
+    try:
+        summary = json.loads(_text(f, "summary file", todo))
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{f}: not valid JSON ({e}); {todo}") from None
+    if not isinstance(summary, dict):
+        raise BadInput(f"{f}: not an ablation summary (a JSON object); {todo}")
+    return summary
+
+
+def read_weights_table(f: Path) -> pd.DataFrame:
+    """A weight-dynamics CSV of `python -m analysis.weights` (`BadInput` when unreadable)."""
+    import io
+
+    todo = "recompute it with `python -m analysis.weights RUN --out FILE`, or move it away"
+    try:
+        return pd.read_csv(io.StringIO(_text(f, "weight-dynamics table", todo)))
+    except Exception as e:  # noqa: BLE001 - pandas parse errors have no common base class
+        if isinstance(e, BadInput):
+            raise
+        raise BadInput(f"{f}: unreadable weight-dynamics table ({type(e).__name__}); {todo}") from None
 
 
 def ablation_kind(summary: dict) -> str:

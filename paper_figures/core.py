@@ -4,7 +4,8 @@ and writing outputs with provenance.
 A figure script is a module with `make(ctx: Context) -> None` that asks `ctx` for data
 (`ctx.runs()`, `ctx.results()`, `ctx.items()`, `ctx.probes()`, `ctx.ablation(kind)`,
 `ctx.weights()`) and saves with `ctx.save_figure(fig)` / `ctx.save_table(df)`. A missing input
-raises `Skip` with the command that produces it; the builder reports it and goes on.
+raises `Skip` with the command that produces it; an unreadable one `analysis.io.BadInput` naming
+the file and what to do; the builder reports either and goes on.
 
 Provenance: every output records the sha256 of each input file it read, the git commit of the
 code and the package versions — in the PNG text chunks, the PDF info dictionary, a comment line
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 import analysis
-from analysis.io import Inputs
+from analysis.io import BadInput, Inputs
 from dmas_repro.core.files import file_sha256
 
 RUN_TRAIN = "`dmas-repro train` (or `make example-results`)"
@@ -91,7 +92,7 @@ class Context:
         if key not in self._cache:
             try:
                 self._cache[key] = load()
-            except FileNotFoundError as e:
+            except (FileNotFoundError, BadInput) as e:  # every entry that needs it gets the same answer
                 self._cache[key] = e
         v = self._cache[key]
         if isinstance(v, Exception):
@@ -157,7 +158,7 @@ class Context:
         """(summary, metrics of its runs, directory) of the newest ablation of this kind."""
         found = []
         for d in self.inputs.ablations:
-            summary, _ = json.loads((d / "summary.json").read_text()), None
+            summary = self._cached(f"summary:{d}", lambda d=d: analysis.io.read_summary(d / "summary.json"))
             if analysis.io.ablation_kind(summary) == kind:
                 found.append(d)
         if not found:
@@ -173,7 +174,8 @@ class Context:
         if self.inputs.weights:
             self.use(*self.inputs.weights)
             return self._cached("weights", lambda: pd.concat(
-                [pd.read_csv(f).assign(run=f.stem) for f in self.inputs.weights], ignore_index=True))
+                [analysis.io.read_weights_table(f).assign(run=f.stem) for f in self.inputs.weights],
+                ignore_index=True))
         from analysis.weights import run_checkpoints, weight_dynamics
 
         runs = [(d, run_checkpoints(d)) for d in self.inputs.runs]

@@ -52,3 +52,36 @@ def test_user_errors_are_one_line_no_traceback(tmp_path):
         assert "Traceback" not in r.stderr, r.stderr
         lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
         assert len(lines) == 1, r.stderr
+
+
+def _readme_errors() -> dict[str, str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("| command | refused with one line, exit 2 |")
+    rows = text[start:text.index("\n\n", start)].splitlines()[2:]
+    table = {}
+    for row in rows:
+        cmd, _, what = row.strip("| ").partition(" | ")
+        table[cmd.split(" (")[0].strip("`")] = what
+    return table
+
+
+def test_readme_errors_table_is_what_the_commands_say(capsys):
+    """README's errors table and each command's --help come from one place (cli/errors.py; the figures'
+    from paper_figures/build.py), so the documented errors are the ones the code was written against."""
+    import re
+
+    from dmas_repro.cli import build_parser
+    from dmas_repro.cli.errors import ERRORS
+    from paper_figures.build import ERRORS as FIGURE_ERRORS
+
+    table = _readme_errors()
+    assert table.pop("make figures") == FIGURE_ERRORS
+    assert table == ERRORS
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(ERRORS) - {"every command"} == set(sub.choices)  # every command has its row
+    squash = lambda s: re.sub(r"\s+", "", s)  # noqa: E731 - help text is re-wrapped (also at hyphens)
+    for name, parser in sub.choices.items():
+        assert squash(ERRORS[name]) in squash(parser.format_help()), name
+        assert squash(ERRORS["every command"]) in squash(parser.format_help()), name

@@ -16,6 +16,7 @@ import sys
 from ..core import logs
 from ..core.errors import UserError
 from . import data_commands, eval_commands, model_commands, speed_commands, train_commands
+from .errors import ERRORS
 
 # The command groups, in the order the data flows.
 GROUPS = (model_commands, data_commands, train_commands, eval_commands, speed_commands)
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmas-repro", parents=[_verbosity_flags(0)],
         description="Reproduce and analyse DMaS-LLaMa-Lite (1.7B LLaMa on FineWeb-Edu).",
+        epilog="A mistake a user can cause ends in one line on stderr and exit status 2 (`dmas-repro COMMAND "
+               f"--help` lists each command's); for every command: {ERRORS['every command']}.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
@@ -60,11 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(args.command, "interrupted")
         return 130
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            _say(args.command, f"error: no space left on device ({e.filename or e})")
-            return 1
-        if e.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOTDIR):
-            _say(args.command, f"error: {e.strerror}: {e.filename}")
+    except Exception as e:
+        # what a user's machine or paths cause below the checks of each command: one line, exit 2
+        from ..core.files import is_no_space
+
+        if is_no_space(e):
+            where = getattr(e, "filename", None) or "a file"
+            _say(args.command, f"error: no space left on the device writing {where}; free some space and rerun "
+                 "(finished checkpoints, shards and results are kept; --resume or a rerun continues)")
+            return 2
+        if isinstance(e, OSError) and e.errno in _PATH_ERRNOS:
+            _say(args.command, f"error: {e.filename}: {e.strerror}; check the path")
             return 2
         raise
+
+
+_PATH_ERRNOS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EROFS,
+                errno.ENAMETOOLONG)

@@ -11,11 +11,12 @@ def _default_procs() -> int:
 
 def _cmd_prepare(args) -> int:
     from ..core.config import from_args
+    from ..core.files import check_out_dir
     from ..data.prepare import PrepareConfig, default_data_dir, prepare
     from ..data.shards import verify
 
     cfg = from_args(PrepareConfig, args, num_proc=args.num_proc or _default_procs())
-    out = args.out or default_data_dir(cfg.source)
+    out = check_out_dir(args.out or default_data_dir(cfg.source))
     man = prepare(cfg, out, progress=None if not args.no_progress else False)
     if args.verify:
         verify(out)
@@ -27,8 +28,9 @@ def _cmd_prepare(args) -> int:
 def register(sub, common) -> None:
     from ..core.config import add_arguments
     from ..data.prepare import PrepareConfig
+    from .errors import epilog
 
-    p = sub.add_parser("prepare-data", parents=[common],
+    p = sub.add_parser("prepare-data", parents=[common], epilog=epilog("prepare-data"),
                        help="tokenize a corpus into uint16 shards (bundled, fineweb-edu, or files)")
     add_arguments(p, PrepareConfig, exclude=("chunk_docs",),
                   defaults={"num_proc": f"the CPU count, at most 8 (here {_default_procs()})"})

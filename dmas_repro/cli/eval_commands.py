@@ -6,9 +6,13 @@ from __future__ import annotations
 
 def _cmd_eval_all(args) -> int:
     from ..core.config import from_args
+    from ..core.files import check_out_dir
     from ..eval.driver import EvalConfig, run
 
-    return run(from_args(EvalConfig, args, parts_explicit=args.parts is not None))
+    cfg = from_args(EvalConfig, args, parts_explicit=args.parts is not None)
+    if cfg.out:
+        check_out_dir(cfg.out)  # before any work (the default results/<suite> is the driver's)
+    return run(cfg)
 
 
 def _cmd_chat(args) -> int:
@@ -28,9 +32,10 @@ def _cmd_import_reference(args) -> int:
 def register(sub, common) -> None:
     from ..core.config import add_arguments
     from ..eval.driver import EvalConfig
+    from .errors import epilog
 
     p = sub.add_parser(
-        "eval-all-checkpoints", parents=[common],
+        "eval-all-checkpoints", parents=[common], epilog=epilog("eval-all-checkpoints"),
         help="every checkpoint through lm-eval benchmarks, validation loss and probes, into one results store",
         description="Evaluate checkpoints (default: the ten released ones and the instruct model) with "
                     "lm-evaluation-harness, validation loss and qualitative probes. Rerun the same command to "
@@ -39,15 +44,15 @@ def register(sub, common) -> None:
     add_arguments(p, EvalConfig)
     p.set_defaults(func=_cmd_eval_all)
 
-    p = sub.add_parser("chat", parents=[common],
+    p = sub.add_parser("chat", parents=[common], epilog=epilog("chat"),
                        help="chat with an instruct checkpoint (streams; stops at <|endoftext|>)")
     p.add_argument("--checkpoint", required=True,
                    help="hub id, HF directory, checkpoint directory, or run directory (its sft/ export first)")
-    p.add_argument("--prompt", default=None, help="answer this one message and exit")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--prompt", default=None, help="answer this one (non-empty) message and exit")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="at most this many tokens per answer (>= 1)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), or positive to sample")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (k >= 1)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: 0 < p <= 1")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--raw", action="store_true", help="send the text as is, without the chat template")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")

@@ -21,6 +21,9 @@ def _cmd_info(args) -> int:
         p = Path(args.checkpoint)
         if not p.is_dir():
             raise UserError(f"{p}: no such checkpoint directory")
+        from ..train.layout import model_dir_of
+
+        p = model_dir_of(str(p))  # a run directory: its newest checkpoint
         if (p / checkpoint.MODEL_CONFIG).is_file():
             cfg = checkpoint.read_model_config(p)
         else:
@@ -61,52 +64,65 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_export_hf(args) -> int:
+    from ..core.files import check_new_dir
     from ..core.runtime import parse_dtype
     from ..model import hf
-    from ..model.weights import load_any
+    from ..train.layout import load_model_from
 
-    model = load_any(args.checkpoint)
-    out = hf.save_hf(model, args.out, dtype=parse_dtype(args.dtype))
-    print(f"wrote Hugging Face directory {out}")
+    dtype = parse_dtype(args.dtype)
+    check_new_dir(args.out, flag="--out", **hf.export_target(args.overwrite))  # before loading anything
+    model, src = load_model_from(args.checkpoint, revision=args.revision, cache_dir=args.cache_dir)
+    out = hf.save_hf(model, args.out, dtype=dtype, overwrite=args.overwrite)
+    print(f"wrote Hugging Face directory {out} (from {src})")
     return 0
 
 
 def _cmd_import_hf(args) -> int:
-    from ..core.files import atomic_dir
+    from ..core.files import atomic_dir, check_new_dir
     from ..core.runtime import parse_dtype
     from ..model import hf, hub
     from ..model.weights import save_model_files
 
-    out = Path(args.out)
-    if out.exists():
-        raise UserError(f"{out}: already exists; choose another --out")
+    hint = "choose another --out"
+    out = check_new_dir(args.out, hint=hint, flag="--out")  # before any download
     src = hub.resolve(args.source, revision=args.revision, cache_dir=args.cache_dir)
     model = hf.from_hf(src, dtype=parse_dtype(args.dtype))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, hint=hint) as tmp:
         save_model_files(model, tmp)
-    print(f"imported {args.source} into {out}")
+    print(f"imported {args.source} into {args.out}")
     return 0
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("info", parents=[common], help="architecture, parameter count, FLOPs/token, size on disk")
+    from .errors import epilog
+
+    p = sub.add_parser("info", parents=[common], help="architecture, parameter count, FLOPs/token, size on disk",
+                       epilog=epilog("info"))
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", help="a model preset: paper or tiny")
-    g.add_argument("--checkpoint", help="a dmas-repro checkpoint or a Hugging Face model directory")
+    g.add_argument("--checkpoint", help="a dmas-repro checkpoint, a Hugging Face model directory, or a training run "
+                                        "directory (its newest checkpoint)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("export-hf", parents=[common],
+    p = sub.add_parser("export-hf", parents=[common], epilog=epilog("export-hf"),
                        help="write a checkpoint as a transformers LlamaForCausalLM directory")
-    p.add_argument("--checkpoint", required=True, help="dmas-repro checkpoint directory (or HF directory)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint directory, HF directory, training run directory (its newest checkpoint), "
+                        "or hub id")
+    p.add_argument("--out", required=True, help="output directory: new or empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds an earlier export (only export files: config, weights, "
+                        "tokenizer); anything else there is refused")
     p.add_argument("--dtype", default="float32", help="float32 (as released) or bfloat16")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a hub id")
+    p.add_argument("--cache-dir", default=None, help="download cache directory")
     p.set_defaults(func=_cmd_export_hf)
 
-    p = sub.add_parser("import-hf", parents=[common],
+    p = sub.add_parser("import-hf", parents=[common], epilog=epilog("import-hf"),
                        help="read a released (or any compatible) HF checkpoint into our format")
     p.add_argument("source", help="a Hugging Face directory or a hub id like McGill-DMaS/DMaS-LLaMa-Lite-step-5.1k")
-    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--out", required=True, help="output checkpoint directory: new or empty")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--cache-dir", default=None, help="download cache directory")
     p.add_argument("--dtype", default=None, help="cast weights (default: as stored)")

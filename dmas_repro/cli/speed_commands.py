@@ -33,8 +33,9 @@ def _cmd_report(args) -> int:
 def register(sub, common) -> None:
     from ..core.config import add_arguments
     from ..speed.bench import EvalBenchConfig, TrainBenchConfig
+    from .errors import epilog
 
-    p = sub.add_parser("bench", parents=[common],
+    p = sub.add_parser("bench", parents=[common], epilog=epilog("bench"),
                        help="speed benchmarks: training steps vs transformers, evaluation time")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     t = bsub.add_parser("train", parents=[common],

@@ -10,6 +10,7 @@ _Raw = argparse.RawDescriptionHelpFormatter
 
 
 def _cmd_train(args) -> int:
+    from ..core.files import check_out_dir
     from ..train import distributed as D
     from ..train import stages
     from ..train.config import load_config
@@ -18,7 +19,7 @@ def _cmd_train(args) -> int:
     embedded = not (args.preset or args.config or args.overrides or args.out)
     preset = args.preset or "tiny"
     if args.out:
-        run_dir = Path(args.out)
+        run_dir = check_out_dir(args.out)
     elif args.resume:
         run_dir = Path("runs") / preset
     else:
@@ -42,9 +43,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sft(args) -> int:
+    from ..core.files import check_out_dir
     from ..train import distributed as D
     from ..train.sft import run_sft
 
+    check_out_dir(args.out)
     result = run_sft(args.base, args.out, args.preset, args.overrides or [], device=args.device, dtype=args.dtype,
                      max_steps=args.max_steps, resume=args.resume, restore_optimizer=not args.no_restore_optimizer,
                      data=args.data, revision=args.revision, cache_dir=args.cache_dir)
@@ -57,10 +60,11 @@ def _cmd_sft(args) -> int:
 
 def _cmd_resume(args) -> int:
     from ..core.config import from_args
+    from ..core.files import check_out_dir
     from ..train.ablate import SUMMARY, ResumeAblation, run_resume
 
     ab = from_args(ResumeAblation, args, overrides=list(args.overrides or []))
-    out = Path(args.out or "runs/ablate/resume")
+    out = check_out_dir(args.out or "runs/ablate/resume")
     s = run_resume(ab, out)
     if s is None:
         print(f"stopped; rerun the same command to continue {out}", file=sys.stderr)
@@ -77,10 +81,11 @@ def _cmd_resume(args) -> int:
 
 def _cmd_world_size(args) -> int:
     from ..core.config import from_args
+    from ..core.files import check_out_dir
     from ..train.ablate import SUMMARY, WorldSizeAblation, run_world_size
 
     ab = from_args(WorldSizeAblation, args, overrides=list(args.overrides or []))
-    out = Path(args.out or "runs/ablate/world-size")
+    out = check_out_dir(args.out or "runs/ablate/world-size")
     s = run_world_size(ab, out)
     if s is None:
         print(f"stopped; rerun the same command to continue {out}", file=sys.stderr)
@@ -103,13 +108,14 @@ def register(sub, common) -> None:
     from ..train.config import PRESETS, TrainConfig
     from ..train.sft import SFT_PRESETS, SFTConfig
     from ..train.stages import STAGES
+    from .errors import epilog
 
     p = sub.add_parser(
         "train", parents=[common],
         help="pretrain (then later stages); no arguments: the embedded tiny run on bundled data",
         description="Config = preset + optional YAML + key=value overrides (model.KEY=... for the model, "
                     "STAGE.KEY=... for a later stage). Under torchrun it runs data-parallel.",
-        epilog="config keys (TrainConfig, paper preset defaults):\n" + describe(TrainConfig),
+        epilog="config keys (TrainConfig, paper preset defaults):\n" + describe(TrainConfig) + "\n\n" + epilog("train"),
         formatter_class=_Raw)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. lr=3e-4 micro_batch=8")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="training preset (default tiny)")
@@ -133,7 +139,7 @@ def register(sub, common) -> None:
         description="Config = preset + key=value overrides: SFT keys (below) and the training loop's keys "
                     "(lr, min_lr, warmup_steps, total_steps, micro_batch, val_every, ckpt_every, ...; see "
                     "`dmas-repro train --help`).",
-        epilog="SFT keys:\n" + describe(SFTConfig), formatter_class=_Raw)
+        epilog="SFT keys:\n" + describe(SFTConfig) + "\n\n" + epilog("sft"), formatter_class=_Raw)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. method=full lr=1e-4")
     p.add_argument("--base", required=True,
                    help="hub id, HF directory, checkpoint directory, or training run directory (newest checkpoint)")
@@ -151,7 +157,8 @@ def register(sub, common) -> None:
     p.set_defaults(func=_cmd_sft)
 
     p = sub.add_parser("ablate", parents=[common], help="the paper's training lessons at small scale: resume, "
-                       "world-size", description="Rerun the paper's two training lessons through the training loop.")
+                       "world-size", description="Rerun the paper's two training lessons through the training loop.",
+                       epilog=epilog("ablate"))
     asub = p.add_subparsers(dest="ablation", metavar="ABLATION", required=True)
     r = asub.add_parser("resume", parents=[common],
                         help="resume with the full state vs a fresh AdamW (and the re-stretched LR)",

@@ -7,6 +7,7 @@ Alpaca data the model was tuned on is single-turn); generation stops at <|endoft
 from __future__ import annotations
 
 import codecs
+import math
 import sys
 
 from ..core.errors import UserError
@@ -41,6 +42,22 @@ def stream_answer(model, tok, prompt_text: str, out=None, max_new_tokens: int = 
     return new
 
 
+def check_generation(prompt: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
+                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> None:
+    """Refuse, before loading a model, sampling settings that cannot work (one line each)."""
+    if prompt is not None and not prompt.strip():
+        raise UserError("--prompt is empty: give the message to answer, or leave --prompt out for the "
+                        "interactive loop")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"--temperature {temperature}: must be 0 (greedy) or positive")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise UserError(f"--top-p {top_p}: must be in (0, 1] (1 keeps every token)")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k {top_k}: must be a positive number of tokens")
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: must be positive")
+
+
 def chat(checkpoint: str, prompt: str | None = None, *, raw: bool = False, device: str | None = None,
          dtype: str | None = None, **gen) -> int:
     """`dmas-repro chat`: one answer to `prompt`, or an interactive loop on stdin (one message per line)."""
@@ -49,6 +66,7 @@ def chat(checkpoint: str, prompt: str | None = None, *, raw: bool = False, devic
     from ..model.tokenizer import gpt2
     from ..train.layout import load_model_from
 
+    check_generation(prompt, **gen)
     dev = runtime.resolve_device(device)
     wdtype = runtime.parse_dtype(dtype) if dtype else (runtime.torch_dtype("auto", dev) if dev.type == "cuda" else None)
     model, where = load_model_from(checkpoint, device=dev, dtype=wdtype, prefer_sft=True)

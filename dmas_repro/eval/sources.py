@@ -424,7 +424,7 @@ class Fetcher:
         self._check_budget(ck, self.estimate(ck), self.export_dir)
         log.info(f"{ck.label}: exporting {ck.path} to {out}")
         model = checkpoint.load_model(ck.path)
-        hf.save_hf(model, out)
+        hf.save_hf(model, out, overwrite=True)  # a leftover of a killed run is replaced
         del model
         return Local(ck, out, model_sha(weight_shas(out)), owned=True, size=dir_size_bytes(out),
                      verified=False)

@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..core.errors import UserError
-from ..core.files import atomic_dir
+from ..core.files import atomic_dir, check_new_dir
 from .tokenizer import ENCODER_JSON, EOT, VOCAB_BPE, hf_tokenizer
 from .transformer import GPT2_VOCAB, ModelConfig, Transformer
 
 MAX_SHARD_BYTES = 5 * 1000**3  # the release used 5 GB shards
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
+# What `save_hf` writes (the tokenizer files of transformers 4.x and 5.x included): a directory
+# holding only these, with our config, is an earlier export that `save_hf(overwrite=True)` may replace.
+EXPORT_FILES = frozenset({"config.json", "generation_config.json", SAFE_SINGLE, SAFE_INDEX, "tokenizer.json",
+                          "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                          "added_tokens.json"})
+_SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 
 
 # ---------------------------------------------------------------- names
@@ -277,18 +284,22 @@ def save_hf(
     out_dir: str | os.PathLike,
     dtype: torch.dtype | None = torch.float32,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    overwrite: bool = False,
 ) -> Path:
     """Write an HF directory that `AutoModelForCausalLM`/`AutoTokenizer` load offline.
 
     Written into a temporary sibling and renamed into place: an interrupted export never
-    leaves a half-written directory behind.
+    leaves a half-written directory behind. `out_dir` must be new or empty; with `overwrite`,
+    an earlier export (`is_export_dir`) is replaced in one atomic step. Anything else there is
+    refused (`UserError`) before any work; a full disk is `DiskFull`, and the old export stays.
     """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    check_new_dir(out_dir, **export_target(overwrite))  # before any work
     sd = hf_state_dict(model, dtype)
     out_dtype = next(iter(sd.values())).dtype
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, **export_target(overwrite)) as tmp:
         shards: list[dict] = [{}]
         size = 0
         for name, t in sd.items():
@@ -334,6 +345,38 @@ def write_tokenizer_files(out_dir: Path) -> None:
     tc.pop("backend", None)
     tc_path.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def foreign_to_export(path: str | os.PathLike) -> str:
+    """What in a directory `save_hf` did not write ("" when nothing: an earlier export). An export
+    holds only its files (`EXPORT_FILES`, weight shards) and a config.json with our architecture
+    and our <|endoftext|> bos/eos (a released checkpoint says 1/2)."""
+    p = Path(path)
+    foreign = sorted(e.name for e in p.iterdir()
+                     if e.is_symlink() or not e.is_file() or not (e.name in EXPORT_FILES or _SHARD_RE.match(e.name)))
+    if foreign:
+        return ", ".join(foreign[:3]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 3 else "")
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return "no readable config.json of an export"
+    if not (isinstance(cfg, dict) and cfg.get("architectures") == ["LlamaForCausalLM"]
+            and cfg.get("bos_token_id") == EOT and cfg.get("eos_token_id") == EOT):
+        return "a config.json this tool did not write"
+    return ""
+
+
+def is_export_dir(path: str | os.PathLike) -> bool:
+    """A directory that `save_hf` wrote (and nothing else wrote into)."""
+    return Path(path).is_dir() and not foreign_to_export(path)
+
+
+def export_target(overwrite: bool) -> dict:
+    """`atomic_dir` / `check_new_dir` arguments for an export directory."""
+    if overwrite:
+        return {"replace": lambda p: foreign_to_export(p) or True,
+                "hint": "only an earlier export is replaced: move these files away or export elsewhere"}
+    return {"hint": "choose another --out, or pass --overwrite to replace an earlier export"}
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:

@@ -80,6 +80,14 @@ def load_model(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None 
     return model.to(dtype) if dtype is not None else model
 
 
+def _is_hf_config(f: Path) -> bool:
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return True  # not ours to judge: the HF reader names what is wrong with it
+    return not isinstance(d, dict) or any(k in d for k in ("model_type", "architectures", "hidden_size"))
+
+
 def load_any(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
     """A model from either our checkpoint directory or a Hugging Face directory."""
     from . import hf
@@ -90,5 +98,9 @@ def load_any(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = 
     if (p / MODEL_CONFIG).is_file():
         return load_model(p, device, dtype)
     if (p / "config.json").is_file():
+        if not _is_hf_config(p / "config.json"):
+            raise UserError(f"{p}: its config.json is not a Hugging Face model config (no model_type, "
+                            "architectures or hidden_size): a training run directory? Pass one of its checkpoints "
+                            "(checkpoints/step_*) or its hf/ export")
         return hf.from_hf(p, dtype=dtype, device=device)
     raise UserError(f"{p}: neither a dmas-repro checkpoint ({MODEL_CONFIG}) nor a Hugging Face directory")

@@ -178,9 +178,9 @@ def _seed(ckpt: Path, run_dir: Path) -> None:
 
 def _checkpoint_at(run_dir: Path, step: int, need_optimizer: bool = True) -> Path:
     ck = layout.step_dir(run_dir, step)
-    if not all((ck / f).is_file() for f in layout.required_files()):
+    if not layout.is_complete(ck):
         raise UserError(f"{ck}: missing or incomplete; rerun into a new --out")
-    if need_optimizer and not (ck / layout.OPTIMIZER).is_file():
+    if need_optimizer and not layout.has_optimizer(ck):
         raise UserError(f"{ck}: has no optimizer state; rerun into a new --out")
     return ck
 

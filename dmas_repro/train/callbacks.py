@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ..core.errors import UserError
 from . import distributed as D
 from . import layout
 from .config import TrainConfig
@@ -250,12 +251,22 @@ class Checkpoints(Callback):
         model_view, osd = ckpt_io.full_states(tr.raw, tr.model, tr.opt, cfg.parallel, info)
         rngs = D.gather_objects(ckpt_io.rng_state(tr.device), info)
         path = layout.step_dir(tr.out, step)
+        failed = None
         if info.is_main:
-            path = ckpt_io.write(tr.out, step, save_weights=lambda d: tr.save_weights(model_view, d),
-                                 optimizer_state=osd, rng_states=rngs, config=cfg.to_dict(),
-                                 trainer_state=trainer_state)
-            ckpt_io.prune(tr.out, cfg.keep_last, self.milestones, cfg.milestone_optimizer)
-            tr.sinks.write("event", step=step, event="checkpoint", path=str(path))
+            try:
+                path = ckpt_io.write(tr.out, step, save_weights=lambda d: tr.save_weights(model_view, d),
+                                     optimizer_state=osd, rng_states=rngs, config=cfg.to_dict(),
+                                     trainer_state=trainer_state)
+            except UserError as e:  # e.g. a full disk: every rank stops with it (none waits forever)
+                failed = e
+            else:
+                ckpt_io.prune(tr.out, cfg.keep_last, self.milestones, cfg.milestone_optimizer)
+                tr.sinks.write("event", step=step, event="checkpoint", path=str(path))
+        message = D.broadcast_object(str(failed) if failed else None, info)
+        if failed is not None:
+            raise failed
+        if message is not None:
+            raise UserError(message)
         D.barrier(info)
         tr.last_ckpt = path
         return path

@@ -31,9 +31,13 @@ SFT = "sft"
 TENSORBOARD = "tensorboard"
 # inside a checkpoint directory
 TRAINER_STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.pt"
-RNG = "rng.pt"
+OPTIMIZER = "optimizer.safetensors"  # tensors; param groups and scalars as JSON in its header
+RNG = "rng.safetensors"  # torch/CUDA generator states; python/numpy states as JSON in its header
 CKPT_CONFIG = "config.json"
+# The pickled files of checkpoints written before the safetensors format: read only through
+# `torch.load(weights_only=True)` with an explicit allow-list (`dmas_repro.train.checkpointer`).
+LEGACY_OPTIMIZER = "optimizer.pt"
+LEGACY_RNG = "rng.pt"
 STEP_RE = re.compile(r"^step_(\d{8})$")
 
 
@@ -44,8 +48,19 @@ def _model_files() -> tuple[str, str]:
 
 
 def required_files() -> tuple[str, ...]:
-    """The files every complete checkpoint holds (the optimizer state is optional)."""
-    return (TRAINER_STATE, *_model_files(), RNG, CKPT_CONFIG)
+    """The files every complete checkpoint holds besides its RNG state (`RNG`, or `LEGACY_RNG` in
+    an old checkpoint); the optimizer state is optional."""
+    return (TRAINER_STATE, *_model_files(), CKPT_CONFIG)
+
+
+def is_complete(ckpt: str | os.PathLike) -> bool:
+    """A checkpoint directory holding the full training state (a resume point)."""
+    p = Path(ckpt)
+    return all((p / f).is_file() for f in required_files()) and any((p / f).is_file() for f in (RNG, LEGACY_RNG))
+
+
+def has_optimizer(ckpt: str | os.PathLike) -> bool:
+    return any((Path(ckpt) / f).is_file() for f in (OPTIMIZER, LEGACY_OPTIMIZER))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -60,11 +75,12 @@ def list_checkpoints(run_dir: str | os.PathLike, models_only: bool = False) -> l
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    need = _model_files() if models_only else required_files()
     found = []
     for p in root.iterdir():
         m = STEP_RE.match(p.name)
-        if m and p.is_dir() and all((p / f).is_file() for f in need):
+        if not (m and p.is_dir()):
+            continue
+        if all((p / f).is_file() for f in _model_files()) if models_only else is_complete(p):
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -149,6 +165,16 @@ def label_of(model_dir: str | os.PathLike) -> tuple[str, str]:
     return name, kind
 
 
+def _names_local_path(source: str) -> bool:
+    """A string that can only mean a local path: absolute, ./ ../ ~, more than owner/name, or
+    under a directory that exists here (runs/tiny when runs/ exists)."""
+    from ..model.hub import looks_like_repo_id
+
+    parts = Path(source).parts
+    return (source.startswith(("/", ".", "~")) or not looks_like_repo_id(source)
+            or (len(parts) > 1 and Path(parts[0]).is_dir()))
+
+
 def model_dir_of(source: str, prefer_sft: bool = False, revision: str | None = None,
                  cache_dir: str | None = None) -> Path:
     """A loadable model directory for: a hub id (downloaded), an HF directory, one of our
@@ -159,7 +185,14 @@ def model_dir_of(source: str, prefer_sft: bool = False, revision: str | None = N
 
     p = Path(source).expanduser()
     if not p.exists():
-        return hub.resolve(source, revision=revision, cache_dir=cache_dir)
+        if _names_local_path(source):
+            raise UserError(f"{source}: no such directory (relative to {Path.cwd()})")
+        try:
+            return hub.resolve(source, revision=revision, cache_dir=cache_dir)
+        except UserError as e:
+            why = str(e).removeprefix(f"{source}: ")
+            raise UserError(f"{source}: no such local directory (relative to {Path.cwd()}), and as a Hugging Face "
+                            f"hub id: {why}") from None
     if not p.is_dir():
         raise UserError(f"{p}: not a directory")
     if is_model_dir(p):
@@ -257,20 +290,35 @@ def _step_of(line: str) -> int:
         return 1 << 62  # unreadable (torn) line: dropped
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
+def read_metrics(path: str | os.PathLike, strict: bool = False) -> list[dict]:
     """All complete rows of a metrics.jsonl (or of RUN/metrics.jsonl for a run directory); a torn
-    last line from a kill is skipped."""
+    last line from a kill is skipped. `strict` (analysis, figures): any other line that is not a
+    JSON object with a `kind`, or a file that is not UTF-8, is a `UserError` naming the line."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
     if not path.is_file():
         raise UserError(f"{path}: no metrics file (has the run started?)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if strict:
+            raise UserError(f"{path}: not a metrics file (not UTF-8 text at byte {e.start})") from None
+        text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines()
     rows = []
-    for ln in path.read_text().splitlines():
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
         try:
             row = json.loads(ln)
         except json.JSONDecodeError:
+            if strict and i < len(lines) - 1:
+                raise UserError(f"{path}: line {i + 1} is not JSON") from None
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and (not strict or isinstance(row.get("kind"), str)):
             rows.append(row)
+        elif strict:
+            raise UserError(f"{path}: line {i + 1} is not a metrics row (a JSON object with a kind)")
     return rows

@@ -79,8 +79,9 @@ def build_pretrain(ctx: LoopContext) -> Workload:
 
 
 def export_hf(ckpt: Path, out: Path) -> Path:
-    """A checkpoint written as a transformers LlamaForCausalLM directory."""
+    """A checkpoint written as a transformers LlamaForCausalLM directory (RUN/hf/: a rerun that
+    reaches the end again replaces the run's earlier export, and refuses anything else there)."""
     from ..model import hf
     from ..model.weights import load_model
 
-    return hf.save_hf(load_model(ckpt), out)
+    return hf.save_hf(load_model(ckpt), out, overwrite=True)

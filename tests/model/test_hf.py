@@ -92,7 +92,7 @@ def test_generate_from_export_matches_ours(exported):
     m, out = exported
     with torch.no_grad():
         m.lm_head.weight.mul_(30)
-    out = hf.save_hf(m, out)
+    out = hf.save_hf(m, out, overwrite=True)  # replaces the earlier export
     theirs = AutoModelForCausalLM.from_pretrained(out)
     prompt = torch.tensor([[15496, 11, 314, 716]])
     ours = m.generate(prompt, 12, stop_token=None)[0]
@@ -169,6 +169,12 @@ def test_truncated_safetensors_names_file(exported):
 
 def test_export_overwrites_atomically(exported, tmp_path):
     m, out = exported
-    hf.save_hf(m, out)
+    with pytest.raises(UserError, match="not empty"):  # an existing export is replaced only when asked
+        hf.save_hf(m, out)
+    hf.save_hf(m, out, overwrite=True)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt"):  # never what the export did not write
+        hf.save_hf(m, out, overwrite=True)
+    assert (out / "notes.txt").is_file()
     shutil.rmtree(out)

@@ -178,20 +178,20 @@ def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import torch
+    import safetensors.torch
     from dmas_repro.train import config as tconfig, loop
 
-    real_save = torch.save
+    real_save = safetensors.torch.save_file
 
-    def save(obj, f, *a, **k):
-        if str(f).endswith("optimizer.pt") and ".step_00000004.tmp-" in str(f):
+    def save(tensors, f, *a, **k):
+        if str(f).endswith("optimizer.safetensors") and ".step_00000004.tmp-" in str(f):
             with open(f, "wb") as fh:  # half a file, then kill -9 in the middle of the write
                 fh.write(b"partial")
                 fh.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_save(obj, f, *a, **k)
+        return real_save(tensors, f, *a, **k)
 
-    torch.save = save
+    safetensors.torch.save_file = save
     cfg = tconfig.load_config("tiny", overrides=sys.argv[2:])
     loop.run(cfg, sys.argv[1])
 """)
