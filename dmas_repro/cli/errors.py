@@ -49,6 +49,11 @@ ERRORS: dict[str, str] = {
         "`--batch-size`, `--shard` or `--max-disk`. A checkpoint or unit that fails is recorded, the others "
         "go on, exit 1"
     ),
+    "import-reference": (
+        "`--out` naming a file, or a non-empty directory that is not a reference store; an input path that does "
+        "not exist or holds no file of the format; a malformed file (not the format's table or JSON, a value "
+        "that is not a number, a step given twice, two inputs giving the same row): nothing is written"
+    ),
     "ablate": (
         "`--out` naming a file or holding a finished ablation; running it under torchrun"
     ),

@@ -62,7 +62,7 @@ def register(sub, common) -> None:
     from ..eval.reference import FORMATS
 
     p = sub.add_parser(
-        "import-reference", parents=[common],
+        "import-reference", parents=[common], epilog=epilog("import-reference"),
         help="published per-checkpoint results of other suites (OLMo ladder, Pythia) into a results store",
         description="Read OLMo-ladder CSVs or Pythia lm-eval result JSONs (files, or directories searched for "
                     "*.csv / *.json) into DIR/results.csv and .parquet (kind reference), with lm-eval's task and "
