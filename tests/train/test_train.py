@@ -153,7 +153,7 @@ def _hellaswag_file(path: Path, n: int) -> Path:
 
 
 @pytest.mark.parametrize("parallel,micro,derived", [("ddp", 6, (4, 2)), ("fsdp", 16, (8, 1))])
-def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel, micro, derived):
+def test_world_size_change_keeps_losses(reference, half, tmp_path, torchrun, parallel, micro, derived):
     """Resume the 1-process run on 2 gloo processes (torchrun, DDP or FSDP2): same global batch,
     same data order, same losses, with the micro-batch derived from a request that does not fit
     (16 sequences per step, 8 per rank). In-loop evaluation on odd counts (3 validation
@@ -166,13 +166,9 @@ def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel, mic
 
     out = _copy(half, tmp_path)
     hs = _hellaswag_file(tmp_path / "hs.jsonl", 5)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dmas_repro", "train", "--stages", "pretrain", "--preset", "tiny", "--out", str(out), "--resume",
-           "--max-steps", "6",
-           "--device", "cpu", *MICRO, f"data_dir={_data_of(half)}", f"parallel={parallel}", f"micro_batch={micro}",
-           "hellaswag_every=1", f"hellaswag_path={hs}"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    p = torchrun(["-m", "dmas_repro", "train", "--stages", "pretrain", "--preset", "tiny", "--out", str(out),
+                  "--resume", "--max-steps", "6", "--device", "cpu", *MICRO, f"data_dir={_data_of(half)}",
+                  f"parallel={parallel}", f"micro_batch={micro}", "hellaswag_every=1", f"hellaswag_path={hs}"])
     assert p.returncode == 0, p.stderr[-3000:]
     ref, got = _losses(reference), _losses(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
