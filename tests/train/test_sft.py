@@ -151,6 +151,20 @@ def test_batches_rank_strided_and_resumable():
         sft_data.SFTBatches(ts, 3, seed=3).load_state_dict(again.state_dict())
 
 
+def test_validation_batches_padded_to_the_same_count_on_every_rank():
+    _, ts = _bundled_set(n=9)
+    one = list(sft_data.eval_batches(ts, 9))
+    assert len(one) == 1 and one[0][0].shape[0] == 9 and one[0][2]
+    y1 = one[0][1]
+    for micro in (1, 2, 4):
+        for world in (1, 2, 3):
+            shares = [list(sft_data.eval_batches(ts, micro, r, world)) for r in range(world)]
+            assert len({len(s) for s in shares}) == 1  # the same number of forwards on every rank
+            rows = sorted(tuple(y[i][y[i] != -100].tolist()) for s in shares for _, y, c in s if c
+                          for i in range(y.shape[0]))
+            assert rows == sorted(tuple(y1[i][y1[i] != -100].tolist()) for i in range(9))  # each example once
+
+
 # ---------------------------------------------------------------- LoRA
 def test_merged_logits_equal_adapter_logits():
     torch.manual_seed(0)
