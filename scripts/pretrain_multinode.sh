@@ -4,8 +4,9 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 ./scripts/pretrain_multinode.sh      # on node0
 #   NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 ./scripts/pretrain_multinode.sh      # on node1
 #
-# The global batch stays 524,288 tokens: gradient accumulation = 524,288 / (micro_batch x 1024 x
-# world size), so micro_batch x world size must divide 512 (see `dmas-repro train --preset paper --plan`).
+# The global batch stays 524,288 tokens = 512 sequences of 1024: each rank takes 512 / world size of
+# them (the world size must divide 512) in micro-batches of the largest size not above micro_batch that
+# divides that, and accumulates the rest (see `dmas-repro train --preset paper --plan`).
 # The data directory and OUT must be on a filesystem all nodes share (rank 0 writes checkpoints).
 # Prepare the data once beforehand, e.g.
 #   dmas-repro prepare-data --source fineweb-edu --out data/fineweb-edu --max-tokens 23000000000

@@ -94,19 +94,31 @@ class TokenBatches:
         self.micro_step = 0
 
 
-def eval_batches(tokens, seq_len: int, micro_batch: int, n_batches: int, rank: int = 0, world_size: int = 1):
-    """This rank's share of the fixed validation set: the first n_batches x micro_batch windows, cut
-    into n_batches micro-batches; micro-batch k goes to rank k % world_size. The set does not depend
-    on the world size, so a run's validation loss is comparable across world sizes and resumes."""
-    n_windows = (len(tokens) - 1) // seq_len
-    if n_windows < n_batches * micro_batch:
-        n_batches = n_windows // micro_batch
-        if n_batches == 0:
-            raise UserError(f"validation split of {len(tokens):,} tokens is shorter than one batch of "
-                            f"{micro_batch} x {seq_len} tokens")
-    for b in range(rank, n_batches, world_size):
-        first = b * micro_batch
-        buf = np.stack([np.asarray(tokens[i * seq_len : i * seq_len + seq_len + 1])
-                        for i in range(first, first + micro_batch)]).astype(np.int64)
+def val_window_count(tokens, seq_len: int, val_tokens: int) -> int:
+    """Windows in the fixed validation set: the first `val_tokens` tokens of the split cut into windows
+    of `seq_len` (fewer when the split is shorter). It depends on neither micro-batch nor world size."""
+    n = min(val_tokens // seq_len, (len(tokens) - 1) // seq_len)
+    if n < 1:
+        raise UserError(f"validation set of {min(val_tokens, max(0, len(tokens) - 1)):,} tokens is shorter than one "
+                        f"window of seq_len {seq_len} (val_tokens {val_tokens:,}, val split {len(tokens):,} tokens)")
+    return n
+
+
+def eval_batches(tokens, seq_len: int, n_windows: int, micro_batch: int, rank: int = 0, world_size: int = 1):
+    """This rank's share of the fixed validation set, as (inputs, targets, counts).
+
+    Window i is tokens[i*T : i*T + T + 1] for i < n_windows (`val_window_count`); they are cut into
+    micro-batches of `micro_batch` windows (the last may be shorter) and micro-batch k goes to rank
+    k % world_size. Every rank yields the same number of micro-batches, ceil(n_batches / world_size),
+    so collective forwards (FSDP) line up: a rank with none left in the last round gets micro-batch 0
+    again with counts=False, whose loss must not be counted."""
+    n_batches = -(-n_windows // micro_batch)
+    rounds = -(-n_batches // world_size)
+    for r in range(rounds):
+        b = r * world_size + rank
+        counts = b < n_batches
+        first = b * micro_batch if counts else 0
+        ids = range(first, min(first + micro_batch, n_windows))
+        buf = np.stack([np.asarray(tokens[i * seq_len : i * seq_len + seq_len + 1]) for i in ids]).astype(np.int64)
         t = torch.from_numpy(buf)
-        yield t[:, :-1], t[:, 1:]
+        yield t[:, :-1], t[:, 1:], counts

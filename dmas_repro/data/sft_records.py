@@ -277,12 +277,17 @@ class SFTBatches:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
 
-def eval_batches(data: TokenizedSet, batch_size: int, limit: int = 0, rank: int = 0, world_size: int = 1):
-    """This rank's share of the fixed validation micro-batches: the first `limit` x batch_size
-    examples (all when `limit` is 0), sorted by length (little padding) and cut into micro-batches;
-    micro-batch k goes to rank k % world_size."""
-    n_ex = min(len(data), limit * batch_size) if limit else len(data)
+def eval_batches(data: TokenizedSet, batch_size: int, rank: int = 0, world_size: int = 1):
+    """This rank's share of the validation set, as (inputs, targets, counts): every example, sorted by
+    length (little padding) and cut into micro-batches of `batch_size`; micro-batch k goes to rank
+    k % world_size. Every rank yields the same number of micro-batches, ceil(n_batches / world_size),
+    so collective forwards (FSDP) line up: a rank with none left in the last round gets micro-batch 0
+    again with counts=False, whose loss must not be counted."""
+    n_ex = len(data)
     order = sorted(range(n_ex), key=lambda i: (len(data.ids[i]), i))
-    for k in range(rank, -(-n_ex // batch_size), world_size):
-        idx = order[k * batch_size : (k + 1) * batch_size]
-        yield collate([data.ids[i] for i in idx], [data.prompt_lens[i] for i in idx])
+    n_batches = -(-n_ex // batch_size)
+    for r in range(-(-n_batches // world_size)):
+        k = r * world_size + rank
+        counts = k < n_batches
+        idx = order[k * batch_size : (k + 1) * batch_size] if counts else order[:batch_size]
+        yield (*collate([data.ids[i] for i in idx], [data.prompt_lens[i] for i in idx]), counts)

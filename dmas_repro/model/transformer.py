@@ -32,8 +32,16 @@ class ModelConfig:
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # Token ids below this are real tokens; the rows above it (up to vocab_size) are padding and are
+    # never inside a loss or a softmax (their logits are left out of the cross-entropy and of sampling).
+    # vocab_size (50304) here reproduces the authors' pretraining softmax over every padded logit.
+    real_vocab_size: int = GPT2_VOCAB
 
     def __post_init__(self):
+        sizes = ("n_layer", "dim", "n_head", "n_kv_head", "ffn_dim", "vocab_size", "context_length", "real_vocab_size")
+        bad = [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) <= 0]
+        if bad:
+            raise UserError(f"model config: {', '.join(bad)}: must be positive")
         if self.dim % self.n_head:
             raise UserError(f"model config: dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -46,6 +54,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head
+
+    @property
+    def n_real_vocab(self) -> int:
+        """Logits [:n_real_vocab] are real tokens; the rest are padding rows."""
+        return min(self.real_vocab_size, self.vocab_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -246,20 +259,23 @@ class Transformer(nn.Module):
         return self.cross_entropy(h, targets)
 
     def cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean CE of `lm_head(h)` over targets != -100; chunked when `ce_chunk_tokens` > 0."""
+        """Mean CE of `lm_head(h)` over targets != -100, a softmax over the real vocabulary only (the
+        padding rows' logits never enter it); chunked when `ce_chunk_tokens` > 0."""
         h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
         n = self.ce_chunk_tokens
         if n is None:
             n = default_ce_chunk_tokens(h.device.type)
+        V = self.cfg.n_real_vocab
         if n <= 0:
-            return F.cross_entropy(self.lm_head(h).float(), targets, ignore_index=-100)
+            return F.cross_entropy(self.lm_head(h)[:, :V].float(), targets, ignore_index=-100)
         count = (targets != -100).sum().clamp(min=1)
         if type(self.lm_head) is nn.Linear:  # not wrapped (e.g. by an adapter): the fused path applies
             dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-            return LinearCrossEntropy.apply(h, self.lm_head.weight, targets, n, dtype) / count
+            return LinearCrossEntropy.apply(h, self.lm_head.weight, targets, n, dtype, V) / count
         total = h.new_zeros((), dtype=torch.float32)
         for hs, ts in zip(h.split(n), targets.split(n)):
-            total = total + torch.utils.checkpoint.checkpoint(_chunk_ce_sum, self.lm_head, hs, ts, use_reentrant=False)
+            total = total + torch.utils.checkpoint.checkpoint(_chunk_ce_sum, self.lm_head, hs, ts, V,
+                                                              use_reentrant=False)
         return total / count
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -305,7 +321,7 @@ class Transformer(nn.Module):
         seq = input_ids
         step_input = input_ids
         for _ in range(max_new_tokens):
-            logits = self(step_input if use_cache else seq, cache=cache)[:, -1, :GPT2_VOCAB].float()
+            logits = self(step_input if use_cache else seq, cache=cache)[:, -1, : self.cfg.n_real_vocab].float()
             nxt = sample_next(logits, temperature, top_k, top_p, gen)
             yield nxt
             seq = torch.cat([seq, nxt[:, None]], dim=1)
@@ -360,33 +376,40 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def _chunk_ce_sum(lm_head: nn.Module, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(lm_head(h).float(), t, ignore_index=-100, reduction="sum")
+def _chunk_ce_sum(lm_head: nn.Module, h: torch.Tensor, t: torch.Tensor, n_real: int) -> torch.Tensor:
+    return F.cross_entropy(lm_head(h)[:, :n_real].float(), t, ignore_index=-100, reduction="sum")
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `h @ weight.T` over targets != -100, `chunk` tokens at a time.
+    """Summed cross-entropy of `h @ weight[:n_real].T` over targets != -100, `chunk` tokens at a time.
 
-    The float32 logits of one chunk (one buffer, reused) are the largest temporary: for each chunk
-    the forward computes the softmax in place, the loss (logsumexp - target logit), and, when
-    gradients are needed, the gradients of h and weight right away, so nothing of the chunk is kept
-    for the backward, which only scales the stored gradients. Matmuls run in `dtype` (the autocast
-    dtype), softmax and the weight gradient's accumulation in float32 (float64 for float64). Equal to
-    F.cross_entropy(..., reduction="sum") up to float rounding.
+    Only the first `n_real` rows of `weight` (the real vocabulary; None: all) are in the softmax: the
+    padding rows get no logit and a zero gradient. The float32 logits of one chunk (one buffer,
+    reused) are the largest temporary: for each chunk the forward computes the softmax in place, the
+    loss (logsumexp - target logit), and, when gradients are needed, the gradients of h and weight
+    right away, so nothing of the chunk is kept for the backward, which only scales the stored
+    gradients. Matmuls run in `dtype` (the autocast dtype), softmax and the weight gradient's
+    accumulation in float32 (float64 for float64). Equal to
+    F.cross_entropy(h @ weight[:n_real].T, ..., reduction="sum") up to float rounding.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk: int, dtype: torch.dtype):
+    def forward(ctx, h, weight, targets, chunk: int, dtype: torch.dtype, n_real: int | None = None):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.weight_dtype = weight.dtype
         n = h.shape[0]
+        V = weight.shape[0] if n_real is None else min(n_real, weight.shape[0])
         acc = torch.promote_types(dtype, torch.float32)  # softmax and weight-gradient dtype
         with torch.autocast(h.device.type, enabled=False):
-            w = weight.to(dtype)
+            w = weight[:V].to(dtype)
             grad_h = torch.empty_like(h) if need_h else None
-            grad_w = torch.empty_like(weight, dtype=acc) if need_w else None
+            grad_w_all = None
+            if need_w:  # padding rows (V:) get exactly zero; the real rows are written below
+                grad_w_all = torch.empty_like(weight, dtype=acc)
+                grad_w_all[V:].zero_()
+            grad_w = grad_w_all[:V] if need_w else None  # leading rows: a contiguous view
             total = torch.zeros((), device=h.device, dtype=acc)
-            buf = torch.empty(min(chunk, n), weight.shape[0], device=h.device, dtype=acc)
+            buf = torch.empty(min(chunk, n), V, device=h.device, dtype=acc)
             low = torch.empty_like(buf, dtype=dtype) if dtype != acc else None
             for start in range(0, n, chunk):
                 hc, tc = h[start : start + chunk].to(dtype), targets[start : start + chunk]
@@ -423,7 +446,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                         grad_w.copy_(contrib)
                     else:
                         grad_w.add_(contrib)
-        ctx.save_for_backward(grad_h, grad_w)
+        ctx.save_for_backward(grad_h, grad_w_all)
         return total
 
     @staticmethod
@@ -431,7 +454,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         grad_h = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         grad_w = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def build(cfg: ModelConfig | str, device=None, dtype=None) -> Transformer:

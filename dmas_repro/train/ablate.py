@@ -58,10 +58,10 @@ COMMON_OVERRIDES = dict(log_every=1, val_every=0, sample_every=0, hellaswag_ever
 # command fits in about 10 minutes on two CPU cores; for world-size a micro-batch that two processes
 # can share (1 process: 2 accumulation steps, 2 processes: 1 each).
 RESUME_PRESET_OVERRIDES: dict[str, dict] = {
-    "tiny": dict(global_batch_tokens=1024, micro_batch=8, val_batches=4),
+    "tiny": dict(global_batch_tokens=1024, micro_batch=8, val_tokens=4096),
 }
 WORLD_SIZE_PRESET_OVERRIDES: dict[str, dict] = {
-    "tiny": dict(global_batch_tokens=1024, micro_batch=4, val_batches=4),
+    "tiny": dict(global_batch_tokens=1024, micro_batch=4, val_tokens=2048),
 }
 
 

@@ -58,14 +58,18 @@ class MetricSinks(Callback):
             self.jsonl.truncate_after(tr.resumed_from)
         wl = tr.workload
         self.write("event", step=tr.step, event="resume" if tr.resumed_from is not None else "start",
-                   world_size=info.world_size, grad_accum=tr.grad_accum, micro_batch=cfg.micro_batch,
-                   seq_len=tr.seq_len, device=str(tr.device), dtype=str(tr.compute_dtype).removeprefix("torch."),
+                   world_size=info.world_size, grad_accum=tr.grad_accum, micro_batch=tr.micro_batch,
+                   micro_batch_requested=cfg.micro_batch, seq_len=tr.seq_len, device=str(tr.device),
+                   dtype=str(tr.compute_dtype).removeprefix("torch."), end_step=tr.end,
                    lr_total_steps=tr.lr_total, optimizer_restored=tr.optimizer_restored, peak_flops=tr.peak,
                    peak_flops_source=tr.peak_source, git_commit=tr.commit,
                    checkpoint=str(tr.resumed_ckpt) if tr.resumed_ckpt else None, **wl.description)
-        log.info(f"train: {out} | world {info.world_size} x micro {cfg.micro_batch} x accum {tr.grad_accum} x seq "
-                 f"{tr.seq_len} = {cfg.global_batch_tokens:,} tokens/step | steps {tr.step}->{tr.end} | device "
-                 f"{tr.device} {str(tr.compute_dtype).removeprefix('torch.')}"
+        unit = "examples" if wl.description.get("stage") == "sft" else "sequences"
+        val = wl.description.get("val_loss_tokens")
+        log.info(f"train: {out} | {tr.batch.describe(unit)} x seq {tr.seq_len} = {cfg.global_batch_tokens:,} "
+                 f"tokens/step | " + (f"val {val:,} tokens | " if val else "") + f"steps {tr.step}->{tr.end}"
+                 + (f" (schedule {tr.lr_total})" if tr.lr_total != tr.end else "")
+                 + f" | device {tr.device} {str(tr.compute_dtype).removeprefix('torch.')}"
                  + (f" | resumed from {tr.resumed_ckpt}" if tr.resumed_ckpt else ""))
 
     def write(self, kind: str, **fields) -> dict:
@@ -171,7 +175,21 @@ class Validation(Callback):
 
 # ---------------------------------------------------------------- in-loop extras
 class Samples(Callback):
-    """Every `sample_every` steps: `sample_count` sampled continuations of `sample_prompt` (top-k 50)."""
+    """Every `sample_every` steps: `sample_count` sampled texts of `sample_length` tokens, the prompt
+    `sample_prompt` included (the authors' completion(): top-k 50, generator seeded sample_seed + rank).
+    Every rank samples (FSDP gathers weights in each forward); rank 0's texts are written."""
+
+    def on_start(self, tr) -> None:
+        from .in_loop import prompt_tokens
+
+        cfg = tr.cfg
+        if tr.workload.generate_samples and cfg.sample_every:
+            n = len(prompt_tokens(cfg.sample_prompt))
+            if n >= cfg.sample_length:
+                from ..core.errors import UserError
+
+                raise UserError(f"sample_length {cfg.sample_length} includes the prompt, which is {n} tokens: "
+                                f"set sample_length > {n} (or sample_every=0)")
 
     def on_step(self, tr, out: dict) -> None:
         cfg = tr.cfg
@@ -180,20 +198,24 @@ class Samples(Callback):
         from .in_loop import sample_texts
 
         with tr.paused():
-            texts = sample_texts(tr.raw, cfg.sample_prompt, cfg.sample_count, cfg.sample_tokens,
-                                 cfg.seed + tr.step + tr.dist.rank, tr.device, tr.autocast)
+            tr.model.eval()
+            texts = sample_texts(tr.raw, cfg.sample_prompt, cfg.sample_count, cfg.sample_length,
+                                 cfg.sample_seed + tr.dist.rank, tr.device, tr.autocast)
+            tr.model.train()
         for i, text in enumerate(texts):
             tr.sinks.write("sample", step=tr.step, index=i, text=text)
 
 
 class HellaSwag(Callback):
-    """Every `hellaswag_every` steps: completion-style acc_norm on `hellaswag_path`."""
+    """Every `hellaswag_every` steps: completion-style acc_norm on `hellaswag_path` (`hellaswag_format`:
+    lm-eval's context or the authors'); items are shared among the ranks, padded to the same count."""
 
     def on_start(self, tr) -> None:
         from .in_loop import read_hellaswag
 
         cfg = tr.cfg
-        self.items = read_hellaswag(cfg.hellaswag_path, cfg.hellaswag_items) if cfg.hellaswag_every else []
+        self.items = (read_hellaswag(cfg.hellaswag_path, cfg.hellaswag_items, cfg.hellaswag_format)
+                      if cfg.hellaswag_every else [])
 
     def on_step(self, tr, out: dict) -> None:
         cfg = tr.cfg
@@ -206,7 +228,7 @@ class HellaSwag(Callback):
             m = tr.raw if not tr.dist.enabled or cfg.parallel == "ddp" else tr.model
             res = hellaswag_acc_norm(m, self.items, tr.ctx)
             tr.model.train()
-        tr.sinks.write("hellaswag", step=tr.step, tokens=tr.tokens(), **res)
+        tr.sinks.write("hellaswag", step=tr.step, tokens=tr.tokens(), format=cfg.hellaswag_format, **res)
 
 
 # ---------------------------------------------------------------- stop signal and checkpoints
@@ -244,7 +266,7 @@ class Checkpoints(Callback):
         trainer_state = {
             "step": step, "tokens": tr.tokens(), "loader": wl.train_batches.state_dict(),
             "lr_total_steps": tr.lr_total, "world_size": info.world_size, "grad_accum": tr.grad_accum,
-            "micro_batch": cfg.micro_batch, "global_batch_tokens": cfg.global_batch_tokens,
+            "micro_batch": tr.micro_batch, "global_batch_tokens": cfg.global_batch_tokens,
             "elapsed_s": tr.elapsed, "git_commit": tr.commit, "optimizer_restored_at_resume": tr.optimizer_restored,
             "resumed_from": tr.resumed_from, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

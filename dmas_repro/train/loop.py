@@ -63,13 +63,14 @@ class Trainer:
         cfg.validate(info.world_size)
         self.cfg, self.out, self.dist = cfg, out, info
         device = self.device = info.device
-        self.grad_accum = cfg.grad_accum(info.world_size)
+        self.batch = cfg.batch_layout(info.world_size)
+        self.grad_accum, self.micro_batch = self.batch.grad_accum, self.batch.micro_batch
         self.seq_len = cfg.resolved_seq_len()
         if device.type == "cuda" and cfg.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.autocast, self.compute_dtype = runtime.autocast(device, cfg.dtype)
-        self.ctx = LoopContext(cfg, info, device, self.autocast, self.grad_accum, self.seq_len)
+        self.ctx = LoopContext(cfg, info, device, self.autocast, self.grad_accum, self.seq_len, self.micro_batch)
 
         # ---- where do we start
         found = layout.newest_checkpoint(out) if info.is_main else None
@@ -79,7 +80,7 @@ class Trainer:
                             f"pass --resume to continue it, or choose another --out")
         self.resumed_ckpt = Path(found) if (found and resume) else None
         state = layout.read_trainer_state(self.resumed_ckpt) if self.resumed_ckpt else None
-        if state is not None and state.get("step", 0) >= cfg.end_step():
+        if state is not None and state.get("step", 0) >= cfg.end_step() and not cfg.stretch_lr_on_resume:
             log.info(f"{out}: already at step {state['step']} >= max step {cfg.end_step()}; nothing to train")
 
         # ---- the workload, then its state from the checkpoint (before wrapping)
@@ -99,7 +100,7 @@ class Trainer:
         self.optimizer_restored = False
         if self.resumed_ckpt:
             self._restore(state)
-        self.end = cfg.end_step()
+        self.end = cfg.max_steps or self.lr_total  # = cfg.end_step() unless a resume stretched the schedule
         self.commit = runtime.git_commit() if info.is_main else None
         self.peak, self.peak_source = ((cfg.peak_flops, "config") if cfg.peak_flops
                                        else runtime.peak_flops(device, self.compute_dtype))
@@ -115,12 +116,9 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         cfg, ckpt = self.cfg, self.resumed_ckpt
         self.step = self.resumed_from = int(state["step"])
-        lr_total = int(state.get("lr_total_steps", cfg.total_steps))
-        if lr_total != cfg.total_steps and not cfg.stretch_lr_on_resume:
-            lr_total = cfg.total_steps  # the configured schedule wins unless the run asks for stretching
-        if cfg.stretch_lr_on_resume:
-            lr_total = lr_total + self.step
-        self.lr_total = lr_total
+        # The configured schedule, whatever the checkpoint's was; with stretch_lr_on_resume the authors'
+        # `max_steps = args.max_steps + start_step`: from the configured length, once per resume.
+        self.lr_total = cfg.total_steps + (self.step if cfg.stretch_lr_on_resume else 0)
         self.elapsed0 = float(state.get("elapsed_s", 0.0))
         if cfg.restore_optimizer:
             osd = ckpt_io.read_optimizer_state(ckpt)

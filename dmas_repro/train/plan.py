@@ -11,7 +11,7 @@ PLAN_GPUS = ("A6000", "A100", "H100")
 
 def plan(cfg: TrainConfig, mfu: float = 0.4, world_sizes: tuple[int, ...] = (1, 2, 8, 16)) -> dict:
     """Tokens, data on disk, FLOPs, GPU-hours at `mfu` of the dense bf16 peak, checkpoint sizes,
-    and the grad accumulation per world size."""
+    and the micro-batch and grad accumulation per world size (None where the batch does not split)."""
     import torch
 
     from ..model.transformer import Transformer
@@ -23,12 +23,13 @@ def plan(cfg: TrainConfig, mfu: float = 0.4, world_sizes: tuple[int, ...] = (1, 
     tokens = steps * cfg.global_batch_tokens
     fpt = model.flops_per_token(seq)
     n = model.num_params()
-    accum = {}
+    accum, micro = {}, {}
     for w in world_sizes:
         try:
-            accum[w] = cfg.grad_accum(w)
+            b = cfg.batch_layout(w)
+            accum[w], micro[w] = b.grad_accum, b.micro_batch
         except UserError:
-            accum[w] = None
+            accum[w] = micro[w] = None
     return {
         "steps": steps, "tokens_per_step": cfg.global_batch_tokens, "tokens": tokens,
         "train_data_bytes_uint16": 2 * tokens, "params": n, "flops_per_token": fpt, "flops": fpt * tokens,
@@ -36,7 +37,8 @@ def plan(cfg: TrainConfig, mfu: float = 0.4, world_sizes: tuple[int, ...] = (1, 
         "gpu_hours": {g: fpt * tokens / (GPU_PEAK_BF16[g] * mfu) / 3600 for g in PLAN_GPUS},
         "gpu_peak_bf16_flops": {g: GPU_PEAK_BF16[g] for g in PLAN_GPUS},
         "weights_fp32_bytes": 4 * n, "checkpoint_with_optimizer_bytes": 12 * n,
-        "grad_accum_by_world_size": accum, "micro_batch": cfg.micro_batch, "seq_len": seq,
+        "grad_accum_by_world_size": accum, "micro_batch_by_world_size": micro, "micro_batch": cfg.micro_batch,
+        "seq_len": seq,
     }
 
 
@@ -57,6 +59,8 @@ def format_plan(p: dict, preset: str) -> str:
                      f"(peak {p['gpu_peak_bf16_flops'][g] / 1e12:.0f} TFLOP/s bf16)")
     lines.append(f"  weights fp32 / full checkpoint   {_gb(p['weights_fp32_bytes'])} / "
                  f"{_gb(p['checkpoint_with_optimizer_bytes'])}")
-    acc = ", ".join(f"{w} GPUs: {a}" if a else f"{w} GPUs: -" for w, a in p["grad_accum_by_world_size"].items())
-    lines.append(f"  grad accumulation (micro {p['micro_batch']} x {p['seq_len']})  {acc}")
+    micro = p["micro_batch_by_world_size"]
+    acc = ", ".join(f"{w} GPUs: {micro[w]} x {a}" if a else f"{w} GPUs: -"
+                    for w, a in p["grad_accum_by_world_size"].items())
+    lines.append(f"  micro-batch x accumulation (micro_batch {p['micro_batch']}, seq {p['seq_len']})  {acc}")
     return "\n".join(lines)

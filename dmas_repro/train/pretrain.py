@@ -35,7 +35,7 @@ def ensure_data(cfg, info: D.DistInfo) -> None:
 def build_pretrain(ctx: LoopContext) -> Workload:
     """The pretraining workload: a `Transformer` on the prepared token shards."""
     from ..data import shards
-    from ..data.batches import TokenBatches, eval_batches
+    from ..data.batches import TokenBatches, eval_batches, val_window_count
     from ..model.transformer import Transformer
 
     cfg, info = ctx.cfg, ctx.dist
@@ -58,23 +58,29 @@ def build_pretrain(ctx: LoopContext) -> Workload:
     model.ce_chunk_tokens = cfg.ce_chunk_tokens
     if cfg.activation_checkpointing:
         model.activation_checkpointing = True
-    batches = TokenBatches(train_tokens, ctx.seq_len, cfg.micro_batch, ctx.grad_accum, info.rank,
+    batches = TokenBatches(train_tokens, ctx.seq_len, ctx.micro_batch, ctx.grad_accum, info.rank,
                            info.world_size, cfg.shuffle, cfg.seed)
+    n_val = val_window_count(val_tokens, ctx.seq_len, cfg.val_tokens)
+    if n_val < cfg.val_tokens // ctx.seq_len:
+        log.warning(f"the val split of {cfg.data_dir} holds {len(val_tokens):,} tokens: validating on "
+                    f"{n_val * ctx.seq_len:,} instead of val_tokens {cfg.val_tokens:,}")
 
     @torch.no_grad()
     def evaluate(m: torch.nn.Module, lctx: LoopContext) -> dict:
-        total = torch.zeros(2, device=lctx.device)  # (sum of micro-batch mean losses, micro-batches), all ranks
-        for batch in eval_batches(val_tokens, lctx.seq_len, cfg.micro_batch, cfg.val_batches, info.rank,
-                                  info.world_size):
+        total = torch.zeros(2, device=lctx.device)  # (sum of token losses, tokens), all ranks
+        for x, y, counts in eval_batches(val_tokens, lctx.seq_len, n_val, lctx.micro_batch, info.rank,
+                                         info.world_size):
             with lctx.autocast():
-                loss = lm_loss(m, batch_to(batch, lctx.device)).float()
-            total += torch.stack([loss, torch.ones((), device=lctx.device)])
+                loss = lm_loss(m, batch_to((x, y), lctx.device)).float()
+            if counts:
+                total += torch.stack([loss * y.numel(), torch.tensor(float(y.numel()), device=lctx.device)])
         total = D.all_reduce_mean(total, info)  # the ratio of the means is the ratio of the sums
-        return {"val_loss": (total[0] / total[1]).item()}
+        return {"val_loss": (total[0] / total[1]).item(), "val_loss_tokens": n_val * lctx.seq_len}
 
     return Workload(model=model, train_batches=batches, tokens_per_step=cfg.global_batch_tokens,
                     evaluate=evaluate, flops_per_token=model.flops_per_token(ctx.seq_len),
-                    description={"train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
+                    description={"train_tokens": len(train_tokens), "val_split_tokens": len(val_tokens),
+                                 "val_loss_tokens": n_val * ctx.seq_len, "val_windows": n_val,
                                  "params": model.num_params()})
 
 

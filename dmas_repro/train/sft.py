@@ -35,7 +35,7 @@ class SFTConfig:
 
     data: str = "bundled"  # bundled | a hub dataset id (yahma/alpaca-cleaned) | a .json/.jsonl file
     data_revision: str = ""  # hub dataset revision
-    val_size: int = 100  # held-out examples (a seeded split) for the validation loss
+    val_size: int = 100  # held-out examples (a seeded split): the validation set, all of it at every evaluation
     max_len: int = 0  # tokens per example (prompt + answer + <|endoftext|>); 0: the base's context length
     overlong: str = "truncate"  # longer examples: truncate (cut the answer's end) | drop
     group_by_length: bool = True  # micro-batches of similar-length examples (less padding), in random order
@@ -44,7 +44,8 @@ class SFTConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     lora_targets: str = ",".join(ALL_LINEAR)
-    batch_size: int = 64  # examples per optimizer step, all ranks together (= micro_batch x accum x world)
+    batch_size: int = 64  # examples per step, all ranks together (= micro x accum x world; micro: the largest
+    # not above the loop's micro_batch that divides batch_size / world)
     epochs: float = 3.0  # sets total_steps (the LR schedule) when total_steps is 0
 
     def lora_spec(self) -> LoraSpec:
@@ -75,23 +76,24 @@ SFT_PRESETS: dict[str, tuple[dict, dict]] = {
     "paper": (
         dict(data=ALPACA_CLEANED, val_size=500, batch_size=64, epochs=3.0),
         dict(lr=2e-4, min_lr=2e-5, warmup_steps=60, total_steps=0, micro_batch=16, weight_decay=0.0,
-             log_every=10, val_every=200, val_batches=32, ckpt_every=500, keep_last=2, milestones="none",
-             sample_every=200, sample_count=1, sample_tokens=128),
+             log_every=10, val_every=200, ckpt_every=500, keep_last=2, milestones="none",
+             sample_every=200, sample_count=1, sample_length=170),
     ),
     "tiny": (
         dict(data=BUNDLED, val_size=64, batch_size=8, epochs=0.4, method="full"),
         dict(lr=2e-3, min_lr=2e-4, warmup_steps=5, total_steps=0, micro_batch=8, weight_decay=0.0,
-             log_every=5, val_every=20, val_batches=8, ckpt_every=0, keep_last=1, milestones="none",
-             sample_every=0, sample_count=1, sample_tokens=48),
+             log_every=5, val_every=20, ckpt_every=0, keep_last=1, milestones="none",
+             sample_every=0, sample_count=1, sample_length=90),
     ),
 }
-SAMPLE_INSTRUCTION = "Give three tips for staying healthy."
+SAMPLE_INSTRUCTION = "Give three tips for staying healthy."  # its chat prompt is 42 tokens (sample_length above)
 # Loop keys that the SFT stage sets itself (from the base model and the SFT keys above).
 _LOOP_KEYS_SET_BY_SFT = {
     "model": "the model comes from --base", "model_overrides": "the model comes from --base",
     "init_from": "the weights come from --base", "data_dir": "use data=...", "data_source": "use data=...",
     "prepare_data_if_missing": "use data=...", "shuffle": "SFT batches are always shuffled",
     "seq_len": "use max_len=...", "global_batch_tokens": "use batch_size=... (examples per step)",
+    "val_tokens": "the validation set is the val_size held-out examples",
 }
 
 
@@ -187,7 +189,7 @@ def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: di
             # frozen weights get no weight gradients: forward 2N + input gradients 2N (+ attention)
             n = model.num_params() - model.tok_embeddings.weight.numel()
             flops = flops - 2 * (n - sum(p.numel() for p in model.parameters() if p.requires_grad))
-        batches = sft_data.SFTBatches(sets["train"], cfg.micro_batch, cfg.seed, info.rank, info.world_size,
+        batches = sft_data.SFTBatches(sets["train"], ctx.micro_batch, cfg.seed, info.rank, info.world_size,
                                       sc.group_by_length)
         ex_per_step = sc.batch_size
         tokens_per_step = round(sets["stats"]["train_tokens"] / len(sets["train"]) * ex_per_step)
@@ -195,15 +197,16 @@ def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: di
         @torch.no_grad()
         def evaluate(m, lctx) -> dict:
             total = torch.zeros(2, device=lctx.device)  # (sum of answer-token losses, answer tokens)
-            for x, y in sft_data.eval_batches(sets["val"], cfg.micro_batch, cfg.val_batches, info.rank,
-                                              info.world_size):
+            for x, y, counts in sft_data.eval_batches(sets["val"], lctx.micro_batch, info.rank, info.world_size):
                 x, y = x.to(lctx.device), y.to(lctx.device)
                 n_tok = (y != sft_data.IGNORE).sum()
                 with lctx.autocast():
                     loss = m(x, y).float()
-                total += torch.stack([loss * n_tok, n_tok.float()])
+                if counts:
+                    total += torch.stack([loss * n_tok, n_tok.float()])
             total = D.all_reduce_mean(total, info)
-            return {"val_loss": (total[0] / total[1].clamp(min=1)).item()}
+            return {"val_loss": (total[0] / total[1].clamp(min=1)).item(),
+                    "val_loss_tokens": sets["stats"]["val_answer_tokens"]}
 
         def save_weights(view, d: Path) -> None:
             sd = view.state_dict()
@@ -242,7 +245,8 @@ def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: di
             model=model, train_batches=batches, tokens_per_step=tokens_per_step, evaluate=evaluate,
             save_weights=save_weights, load_weights=load_weights, flops_per_token=flops,
             description={"stage": "sft", "method": sc.method, "base": str(base_dir), "trainable_params": trainable,
-                         "examples_per_step": ex_per_step, **sets["stats"]},
+                         "examples_per_step": ex_per_step, "val_loss_tokens": sets["stats"]["val_answer_tokens"],
+                         **sets["stats"]},
         )
 
     return build
@@ -258,6 +262,7 @@ def run_sft(base: str, out: str | os.PathLike, preset: str = "auto", overrides: 
     Returns `loop.RunResult`. Collective under torchrun."""
     from ..core.files import atomic_write_text
     from ..core.runtime import git_commit
+    from .config import fit_micro_batch, nearest_multiples
     from .loop import run
     from .pretrain import export_hf
 
@@ -279,9 +284,10 @@ def run_sft(base: str, out: str | os.PathLike, preset: str = "auto", overrides: 
         raise UserError(f"max_len {max_len} exceeds the base model's context {base_cfg.context_length}")
     sc.max_len = max_len
     world = D.world_size()
-    if sc.batch_size % (tcfg.micro_batch * world):
-        raise UserError(f"batch_size {sc.batch_size} examples per step is not a multiple of micro_batch "
-                        f"{tcfg.micro_batch} x {world} ranks")
+    if tcfg.micro_batch > 0 and fit_micro_batch(sc.batch_size, world, tcfg.micro_batch) is None:
+        lo, hi = nearest_multiples(sc.batch_size, world)
+        raise UserError(f"batch_size {sc.batch_size} examples per step does not split over {world} ranks: no "
+                        f"micro-batch fits. Nearest valid: batch_size={lo}" + (f" or {hi}" if hi != lo else ""))
     sets = prepare_data(sc, max_len, tcfg.seed, cache_dir)
     st = sets["stats"]
     tcfg.model, tcfg.model_overrides = "paper", base_cfg.to_dict()  # the loop's model = the base's architecture

@@ -94,14 +94,38 @@ def default_out(preset: str) -> Path:
     return p
 
 
+def _device_of(names: list[str], base: StageContext, overrides: dict[str, list[str]]) -> str | None:
+    """The device the stages will train on (--device, else the pretraining config's, else a
+    `device=` override of a later stage), for the process group that spans them."""
+    if base.device:
+        return base.device
+    if "pretrain" in names:
+        return load_config(base.preset, base.yaml_path, overrides["pretrain"]).device
+    found = [it.split("=", 1)[1] for n in names for it in overrides.get(n, []) if it.split("=", 1)[0] == "device"]
+    return found[-1] if found else None
+
+
 def run_stages(names: list[str], base: StageContext, overrides: dict[str, list[str]]) -> int:
-    """Run the stages in order; 130 when one was stopped by a signal, else 0 (summary on rank 0)."""
+    """Run the stages in order; 130 when one was stopped by a signal, else 0 (summary on rank 0).
+
+    Under torchrun one process group spans all the stages (each stage's loop joins it: a default
+    group cannot be created again once destroyed), and every rank takes rank 0's run directory
+    (each resolved the default on its own clock; a dated name may straddle a second)."""
     t0 = time.perf_counter()
-    for name in names:
-        ctx = StageContext(**{**base.__dict__, "overrides": overrides[name]})
-        result = STAGES[name](ctx)
-        if getattr(result, "interrupted", None):
-            return 130
+    info = D.setup(_device_of(names, base, overrides)) if D.world_size() > 1 else None
+    try:
+        if info is not None:
+            base = StageContext(**{**base.__dict__, "run_dir": Path(D.broadcast_object(str(base.run_dir), info))})
+        for name in names:
+            ctx = StageContext(**{**base.__dict__, "overrides": overrides[name]})
+            result = STAGES[name](ctx)
+            if getattr(result, "interrupted", None):
+                return 130
+            if info is not None:
+                D.barrier(info)  # rank 0's export of this stage is done before the next stage reads the run
+    finally:
+        if info is not None:
+            D.teardown(info)
     if D.rank() == 0:
         summary(base.run_dir, time.perf_counter() - t0)
     return 0

@@ -48,10 +48,12 @@ def batch_to(batch, device: torch.device):
 class Workload:
     """What the loop trains. `model` is the raw (unwrapped) module on its device in float32.
 
-    evaluate(model, ctx) -> {"val_loss": float, ...} (called on every rank, collective inside);
+    evaluate(model, ctx) -> {"val_loss": float, ...} (called on every rank, collective inside: every
+    rank must run the same number of forwards, FSDP gathers weights in each);
     save_weights(model_or_view, dir) writes the model files of a checkpoint; load_weights(model, dir)
     reads them back before wrapping. `flops_per_token` (0: MFU not reported) and
-    `tokens_per_step` feed the metrics.
+    `tokens_per_step` feed the metrics. `description` goes into the start event; its `val_loss_tokens`
+    (the target tokens the validation loss averages over) also into the start line.
     """
 
     model: torch.nn.Module
@@ -68,7 +70,8 @@ class Workload:
 
 @dataclass
 class LoopContext:
-    """What evaluation and workload builders may need from the loop."""
+    """What evaluation and workload builders may need from the loop. `micro_batch` and `grad_accum`
+    are the derived ones (`TrainConfig.batch_layout`), not necessarily cfg.micro_batch."""
 
     cfg: TrainConfig
     dist: D.DistInfo
@@ -76,6 +79,7 @@ class LoopContext:
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_accum: int
     seq_len: int
+    micro_batch: int
 
 
 def default_save_weights(model, out: Path) -> None:

@@ -11,7 +11,7 @@ from dmas_repro.cli import main
 from dmas_repro.core.errors import UserError
 from dmas_repro.data import prepare as prep
 from dmas_repro.data import shards
-from dmas_repro.data.batches import TokenBatches, eval_batches
+from dmas_repro.data.batches import TokenBatches, eval_batches, val_window_count
 from dmas_repro.model.tokenizer import gpt2
 
 
@@ -263,13 +263,19 @@ def test_loader_epochs_visit_every_window_once():
     assert sorted(firsts[:12]) == list(range(12)) and sorted(firsts[12:]) == list(range(12))
     assert firsts[:12] != firsts[12:]  # a new permutation per epoch
 
-def test_validation_set_does_not_depend_on_the_world_size():
+def test_validation_set_fixed_in_tokens_for_any_micro_batch_and_world_size():
     tokens = np.arange(1 + 8 * 12, dtype=np.uint16)  # 12 windows of 8
-    windows = lambda bs: sorted(int(x[i, 0]) // 8 for x, _ in bs for i in range(x.shape[0]))  # noqa: E731
-    one = windows(eval_batches(tokens, 8, 2, 3))
-    assert one == [0, 1, 2, 3, 4, 5]  # the first 3 micro-batches of 2 windows
-    for world in (2, 3, 4):
-        shares = [windows(eval_batches(tokens, 8, 2, 3, rank=r, world_size=world)) for r in range(world)]
-        assert sorted(w for s in shares for w in s) == one, (world, shares)
-    assert windows(eval_batches(tokens, 8, 2, 3, rank=1, world_size=2)) == [2, 3]
-    assert windows(eval_batches(tokens, 8, 2, 50)) == list(range(12))  # capped at the split's windows
+    assert val_window_count(tokens, 8, 50) == 6  # the first 50 tokens: 6 whole windows
+    assert val_window_count(tokens, 8, 10_000) == 12  # capped at the split's windows
+    with pytest.raises(UserError, match="shorter than one window of seq_len 8"):
+        val_window_count(tokens, 8, 7)
+    for micro in (1, 2, 4, 5):
+        for world in (1, 2, 3, 4):
+            shares = [list(eval_batches(tokens, 8, 6, micro, rank=r, world_size=world)) for r in range(world)]
+            assert len({len(s) for s in shares}) == 1  # every rank runs the same number of forwards
+            counted = sorted(int(x[i, 0]) // 8 for s in shares for x, _, c in s if c for i in range(x.shape[0]))
+            assert counted == [0, 1, 2, 3, 4, 5], (micro, world)  # each window of the set exactly once
+            assert all(np.array_equal(y[:, :-1], x[:, 1:]) for s in shares for x, y, _ in s)
+    # 3 micro-batches of 2 on 2 ranks: rank 1 gets micro-batch 1, then micro-batch 0 again, not counted
+    r1 = list(eval_batches(tokens, 8, 6, 2, rank=1, world_size=2))
+    assert [(int(x[0, 0]) // 8, c) for x, _, c in r1] == [(2, True), (0, False)]

@@ -15,10 +15,10 @@ from dmas_repro.train.ablate import ResumeAblation, WorldSizeAblation, run_resum
 # A 2-layer, width-128 model on 256-token steps with a high LR: the fresh-AdamW spike is clear after
 # a dozen steps (peak excess ~0.36 nats measured on CPU).
 SMALL = ["model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.ffn_dim=256", "seq_len=32",
-         "micro_batch=8", "global_batch_tokens=256", "lr=1e-2", "min_lr=1e-3", "val_batches=2"]
+         "micro_batch=8", "global_batch_tokens=256", "lr=1e-2", "min_lr=1e-3", "val_tokens=512"]
 # World size: the cheapest model (the check is numerical agreement, not learning).
 TINIEST = ["model.n_layer=1", "model.dim=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_dim=64",
-           "seq_len=32", "micro_batch=4", "global_batch_tokens=256", "val_batches=1"]
+           "seq_len=32", "micro_batch=4", "global_batch_tokens=256", "val_tokens=128"]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from dmas_repro.train import sft
 
 MICRO = ModelConfig(n_layer=2, dim=64, n_head=4, n_kv_head=2, ffn_dim=128, context_length=96)
 # A few seconds per run on 2 cores: 64-token examples, 8 validation examples, no HF export.
-FAST = ["method=lora", "export_hf=false", "val_size=8", "max_len=64", "batch_size=4", "micro_batch=2", "val_batches=4",
+FAST = ["method=lora", "export_hf=false", "val_size=8", "max_len=64", "batch_size=4", "micro_batch=2",
         "log_every=1", "val_every=0", "warmup_steps=1", "lr=5e-3", "lora_r=4", "lora_alpha=8", "lora_dropout=0.0"]
 
 
@@ -63,7 +63,7 @@ def test_prompt_tokens_never_contribute_to_the_loss():
         assert (y[i, L - 1 :] == -100).all() and (x[i, L - 1 :] == EOT).all()  # padding
     # The gradient of the loss w.r.t. the logits is exactly zero at every masked position.
     m = build(MICRO.with_(context_length=256))
-    logits = m(x).detach().requires_grad_(True)
+    logits = m(x)[..., :50257].detach().requires_grad_(True)  # the real vocabulary: padding rows in no softmax
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
     loss.backward()
     masked = y == -100
@@ -149,6 +149,20 @@ def test_batches_rank_strided_and_resumable():
     assert all(torch.equal(resumed.next_batch()[0], s) for s in seq[3:])
     with pytest.raises(UserError, match="batch_size"):
         sft_data.SFTBatches(ts, 3, seed=3).load_state_dict(again.state_dict())
+
+
+def test_validation_batches_padded_to_the_same_count_on_every_rank():
+    _, ts = _bundled_set(n=9)
+    one = list(sft_data.eval_batches(ts, 9))
+    assert len(one) == 1 and one[0][0].shape[0] == 9 and one[0][2]
+    y1 = one[0][1]
+    for micro in (1, 2, 4):
+        for world in (1, 2, 3):
+            shares = [list(sft_data.eval_batches(ts, micro, r, world)) for r in range(world)]
+            assert len({len(s) for s in shares}) == 1  # the same number of forwards on every rank
+            rows = sorted(tuple(y[i][y[i] != -100].tolist()) for s in shares for _, y, c in s if c
+                          for i in range(y.shape[0]))
+            assert rows == sorted(tuple(y1[i][y1[i] != -100].tolist()) for i in range(9))  # each example once
 
 
 # ---------------------------------------------------------------- LoRA
@@ -332,3 +346,51 @@ def test_chat_one_shot_on_the_default_run(default_run, capsys):
     ids = torch.tensor([gpt2().encode(chat_format.chat_prompt("Name a color."))])
     new = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
     assert printed == gpt2().decode([t for t in new if t != EOT]) + "\n"
+
+
+# ---------------------------------------------------------------- padding rows of the vocabulary
+def test_finetuning_loss_from_a_50257_row_checkpoint_equals_transformers(tmp_path):
+    """A released-style HF checkpoint (50,257 rows) is padded to 50,304 on load; the padding rows are in
+    no softmax: the SFT loss equals LlamaForCausalLM's on the same batch, on the plain, the fused
+    chunked and the LoRA (chunk-checkpointed) paths, with the same LM-head gradient and none for the
+    padding rows; the export gives the checkpoint back unchanged."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    ref = LlamaForCausalLM(LlamaConfig(**hf.config_to_hf_dict(MICRO))).eval()
+    assert ref.config.vocab_size == 50257
+    ref.save_pretrained(tmp_path / "hf")
+    _, ts = _bundled_set(n=4, max_tokens=MICRO.context_length)
+    x, y = sft_data.collate(ts.ids, ts.prompt_lens)
+    # transformers shifts labels itself: one more input position, labels one to the right
+    ids = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+    labels = torch.cat([torch.full_like(y[:, :1], -100), y], dim=1)
+    want = ref(input_ids=ids, labels=labels).loss
+    want.backward()
+    ref_grad = ref.lm_head.weight.grad
+
+    m = checkpoint.load_any(tmp_path / "hf")
+    assert m.cfg.vocab_size == 50304 and m.cfg.n_real_vocab == 50257 and (m.lm_head.weight[50257:] == 0).all()
+    for chunk in (0, 16):  # plain F.cross_entropy; fused LinearCrossEntropy
+        m.ce_chunk_tokens = chunk
+        m.zero_grad()
+        loss = m(x, y)
+        loss.backward()
+        torch.testing.assert_close(loss, want, rtol=0, atol=1e-5)
+        g = m.lm_head.weight.grad
+        assert (g[50257:] == 0).all()
+        torch.testing.assert_close(g[:50257], ref_grad, rtol=1e-4, atol=1e-7)
+    assert {k: v.shape for k, v in hf.hf_state_dict(m).items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in hf.hf_state_dict(m).items())  # export unchanged
+    lora.apply_lora(m, lora.LoraSpec(r=4, alpha=8, dropout=0.0))  # B = 0: the same function; frozen head, fused
+    m.ce_chunk_tokens = 16
+    torch.testing.assert_close(m(x, y), want, rtol=0, atol=1e-5)
+    from peft import LoraConfig, get_peft_model
+
+    head = build(MICRO.with_(vocab_size=50304))  # an adapter on the LM head itself: the chunk-checkpointed path
+    head.load_state_dict(checkpoint.load_any(tmp_path / "hf").state_dict())
+    get_peft_model(head, LoraConfig(r=4, lora_alpha=8, target_modules=["lm_head"]))
+    assert type(head.lm_head) is not torch.nn.Linear
+    for chunk in (0, 16):
+        head.ce_chunk_tokens = chunk
+        torch.testing.assert_close(head(x, y), want, rtol=0, atol=1e-5)

@@ -1,6 +1,7 @@
 """The training loop: exact resume, fresh-optimizer resume, world-size change, kill -9 during a
 checkpoint write, SIGTERM, NaN, config errors, and the embedded default run (`default_run`)."""
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MICRO = ["model.n_layer=1", "model.dim=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_dim=64",
          "model.context_length=32", "seq_len=16", "micro_batch=4", "global_batch_tokens=256",
          "total_steps=8", "warmup_steps=2", "lr=1e-2", "min_lr=1e-3", "log_every=1", "val_every=3",
-         "val_batches=2", "sample_every=0", "ckpt_every=0", "milestones=none", "export_hf=false",
+         "val_tokens=160", "sample_every=0", "ckpt_every=0", "milestones=none", "export_hf=false",
          "prepare_data_if_missing=false", "keep_last=3"]
 
 
@@ -64,12 +65,9 @@ def half(tiny_data, tmp_path_factory) -> Path:
     """The same run stopped after 3 steps (`--max-steps 3`): checkpoint step 3. It also samples text
     and scores a HellaSwag-format slice every step: neither may change the training."""
     tmp = tmp_path_factory.mktemp("half")
-    hs = tmp / "hellaswag.jsonl"
-    hs.write_text("".join(json.dumps({"query": f"A man picks up a ball {i}.", "choices": [
-        " He throws it.", " The sky is green.", " It eats soup.", " Then he walks away."], "label": i % 4}) + "\n"
-        for i in range(6)))
+    hs = _hellaswag_file(tmp / "hellaswag.jsonl", 6)
     out = tmp / "run"
-    loop.run(_cfg(tiny_data, "max_steps=3", "sample_every=1", "sample_count=2", "sample_tokens=4",
+    loop.run(_cfg(tiny_data, "max_steps=3", "sample_every=1", "sample_count=2", "sample_length=12",
                    "hellaswag_every=2", f"hellaswag_path={hs}"), out)
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows if r["kind"] == "sample"] == [1, 1, 2, 2, 3, 3]
@@ -147,17 +145,30 @@ def test_resume_with_fresh_optimizer_and_stretched_schedule(reference, half, tmp
     assert layout.read_trainer_state(layout.newest_checkpoint(out2))["lr_total_steps"] == 11
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel):
+def _hellaswag_file(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"query": f"A man picks up a ball {i}.", "choices": [
+        " He throws it.", " The sky is green.", " It eats soup.", " Then he walks away."], "label": i % 4}) + "\n"
+        for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("parallel,micro,derived", [("ddp", 6, (4, 2)), ("fsdp", 16, (8, 1))])
+def test_world_size_change_keeps_losses(reference, half, tmp_path, torchrun, parallel, micro, derived):
     """Resume the 1-process run on 2 gloo processes (torchrun, DDP or FSDP2): same global batch,
-    same data order, same losses."""
+    same data order, same losses, with the micro-batch derived from a request that does not fit
+    (16 sequences per step, 8 per rank). In-loop evaluation on odd counts (3 validation
+    micro-batches, 5 HellaSwag items): every rank runs the same forwards (FSDP would hang otherwise)
+    and the padding counts nothing."""
+    from types import SimpleNamespace
+
+    from dmas_repro.train import distributed as D
+    from dmas_repro.train.in_loop import hellaswag_acc_norm, read_hellaswag
+
     out = _copy(half, tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dmas_repro", "train", "--stages", "pretrain", "--preset", "tiny", "--out", str(out), "--resume",
-           "--max-steps", "6",
-           "--device", "cpu", *MICRO, f"data_dir={_data_of(half)}", f"parallel={parallel}"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    hs = _hellaswag_file(tmp_path / "hs.jsonl", 5)
+    p = torchrun(["-m", "dmas_repro", "train", "--stages", "pretrain", "--preset", "tiny", "--out", str(out),
+                  "--resume", "--max-steps", "6", "--device", "cpu", *MICRO, f"data_dir={_data_of(half)}",
+                  f"parallel={parallel}", f"micro_batch={micro}", "hellaswag_every=1", f"hellaswag_path={hs}"])
     assert p.returncode == 0, p.stderr[-3000:]
     ref, got = _losses(reference), _losses(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
@@ -165,15 +176,25 @@ def test_world_size_change_keeps_losses(reference, half, tmp_path, parallel):
         assert abs(got[s] - ref[s]) < 1e-5, (s, got[s], ref[s])
     rv, gv = _losses(reference, "val", "val_loss"), _losses(out, "val", "val_loss")
     assert 6 in gv and abs(gv[6] - rv[6]) < 5e-4, (gv, rv)  # the same validation set on 2 processes
-    ev = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "resume"][0]
-    assert ev["world_size"] == 2 and ev["grad_accum"] == 2
+    rows = read_metrics(out / "metrics.jsonl")
+    ev = [r for r in rows if r.get("event") == "resume"][0]
+    assert ev["world_size"] == 2 and (ev["micro_batch"], ev["grad_accum"]) == derived
+    assert ev["micro_batch_requested"] == micro and ev["val_loss_tokens"] == 160
+    assert f"world 2 x micro {derived[0]} x accum {derived[1]} (micro_batch {micro} requested" in p.stderr
     st = layout.read_trainer_state(layout.newest_checkpoint(out))
     assert st["world_size"] == 2 and st["loader"]["position"] == 6 * 16
     # the checkpoint written by 2 processes is a plain model directory again, with the same weights up
     # to rounding (AdamW turns rounding-level differences of near-zero gradients into updates ~lr)
     a = checkpoint.load_model(layout.newest_checkpoint(reference)).state_dict()
-    b = checkpoint.load_model(layout.newest_checkpoint(out)).state_dict()
+    final = checkpoint.load_model(layout.newest_checkpoint(out))
+    b = final.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
+    # HellaSwag on 2 ranks counted each of the 5 items once: the same as one process on the same weights
+    hsr = {r["step"]: r for r in rows if r["kind"] == "hellaswag" and r["step"] > 3}  # (step 2: the first process)
+    assert sorted(hsr) == [4, 5, 6] and all(r["n"] == 5 for r in hsr.values())
+    one = hellaswag_acc_norm(final.eval(), read_hellaswag(str(hs), 0), SimpleNamespace(
+        dist=D.DistInfo(), device=torch.device("cpu"), autocast=contextlib.nullcontext))
+    assert one == {"acc_norm": hsr[6]["acc_norm"], "n": 5}
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -269,7 +290,9 @@ def test_config_errors_before_any_step(tiny_data, tmp_path, capsys):
         (["bogus_key=1"], "unknown config key 'bogus_key'"),
         (["lerning_rate=1"], "unknown config key"),
         (["model.n_layers=2"], "unknown model key"),
-        (["micro_batch=3"], "does not divide global_batch_tokens"),
+        (["global_batch_tokens=250"], "no micro-batch fits. Nearest valid: global_batch_tokens=240 or 256"),
+        (["micro_batch=0"], "micro_batch 0: must be positive"),
+        (["model.n_layer=0"], "n_layer 0: must be positive"),
         (["lr=fast"], "is not a float"),
         (["data_dir=" + str(tmp_path / "none")], "no prepared data"),
         (["hellaswag_every=5"], "needs hellaswag_path"),
