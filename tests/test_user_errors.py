@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = ["model.n_layer=1", "model.dim=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_dim=64",
          "model.context_length=32", "seq_len=16", "micro_batch=4", "global_batch_tokens=256",
          "total_steps=8", "warmup_steps=2", "lr=1e-2", "min_lr=1e-3", "log_every=1", "val_every=3",
-         "val_batches=2", "sample_every=0", "ckpt_every=2", "milestones=none", "export_hf=false",
+         "val_tokens=128", "sample_every=0", "ckpt_every=2", "milestones=none", "export_hf=false",
          "prepare_data_if_missing=false", "keep_last=2"]
 
 
