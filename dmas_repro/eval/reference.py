@@ -427,6 +427,16 @@ def _existing(out: Path):
     return df, manifest
 
 
+def _is_store(d: Path) -> bool | str:
+    """True when `d` holds only what import-reference writes (the store it merges into and replaces);
+    otherwise the names of the other entries."""
+    own = {MANIFEST, "results.csv", "results.parquet", "licenses"}
+    foreign = sorted(x.name for x in d.iterdir() if x.name not in own)
+    if (d / MANIFEST).is_file() and not foreign:
+        return True
+    return ", ".join(foreign[:3]) or f"no {MANIFEST}"
+
+
 def table(rows: list[dict]):
     """Rows -> the store's DataFrame: COLUMNS + REFERENCE_COLUMNS, typed as eval.store types them."""
     import pandas as pd
@@ -493,7 +503,7 @@ def import_reference(fmt: str, paths: list[str], out: str, csv: bool = True) -> 
         "licenses": dict(sorted(licenses.items())),
         "mapping": mapping_table(),
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=_is_store, hint="choose a new directory or move it away") as tmp:
         if csv:
             merged.to_csv(tmp / "results.csv", index=False)
         merged.to_parquet(tmp / "results.parquet", index=False)
