@@ -63,10 +63,12 @@ def _cmd_info(args) -> int:
 def _cmd_export_hf(args) -> int:
     from ..core.runtime import parse_dtype
     from ..model import hf
-    from ..model.weights import load_any
+    from ..model.weights import MODEL_CONFIG, export_hf, load_any
 
-    model = load_any(args.checkpoint)
-    out = hf.save_hf(model, args.out, dtype=parse_dtype(args.dtype))
+    if (Path(args.checkpoint) / MODEL_CONFIG).is_file():  # our files: converted tensor by tensor
+        out = export_hf(args.checkpoint, args.out, dtype=parse_dtype(args.dtype))
+    else:
+        out = hf.save_hf(load_any(args.checkpoint), args.out, dtype=parse_dtype(args.dtype))
     print(f"wrote Hugging Face directory {out}")
     return 0
 

@@ -1,9 +1,10 @@
 """Benchmarks through lm-evaluation-harness's Python API: no scoring of our own.
 
-One `HFLM` per checkpoint (on its Hugging Face directory), then one `lm_eval.simple_evaluate`
-call per task, so each (checkpoint, task) is stored as soon as it is done. lm-eval's response
-cache (`use_cache`) is never used: it is keyed by request, not by model, and would hand one
-checkpoint's answers to the next.
+One `HFLM` per checkpoint on the model the driver loaded once (lm-eval accepts an instantiated
+model), then one `lm_eval.simple_evaluate` call per task, so each (checkpoint, task) is stored as
+soon as it is done. lm-eval's response cache (`use_cache`) is never used: it is keyed by request,
+not by model, and would hand one checkpoint's answers to the next. Its request cache
+(`cache_requests`: the prompts built from a task's documents) is, per run (`RequestCache`).
 
 From lm-eval's per-sample log we keep one record per item (choice log-likelihoods, prediction,
 correctness) and a continuous score next to accuracy: the negative log-likelihood of the gold
@@ -13,6 +14,7 @@ The suites are in `dmas_repro.eval.suites`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +42,71 @@ def task_manager(names: list[str], include_paths: list[str] | None = None):
     return tm
 
 
-def load_lm(hf_dir: str | Path, device: str, dtype: str, batch_size: str | int, max_batch_size: int = 64):
-    """lm-eval's HFLM on a local Hugging Face directory."""
+def load_lm(model, hf_dir: str | Path, batch_size: str | int, max_batch_size: int = 64):
+    """lm-eval's HFLM on the checkpoint already in memory: `model` (our Transformer, loaded once per
+    checkpoint in the run's dtype and device) seen as a transformers `LlamaForCausalLM` that shares its
+    parameters (`hf.as_transformers`, with `hf_dir`'s config), and `hf_dir`'s tokenizer. lm-eval takes
+    an instantiated model; device and dtype are the model's."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=str(hf_dir), device=device, dtype=dtype, batch_size=batch_size,
+    from ..model.hf import as_transformers
+
+    return HFLM(pretrained=as_transformers(model, hf_dir), tokenizer=str(hf_dir), batch_size=batch_size,
                 max_batch_size=max_batch_size, trust_remote_code=False)
+
+
+class RequestCache:
+    """lm-eval's request cache (`cache_requests=True`) for one run: the requests lm-eval builds from a
+    task's documents (prompts and continuations, never model outputs) are built once per task and
+    reused for every checkpoint. It lives in a directory of this run under OUT/.request_cache/ (lm-eval's
+    key names the task, few-shot count and rank, not the task's files, so it is never shared between
+    runs) and is removed when the run ends; one left by a killed run can be deleted."""
+
+    def __init__(self, out: str | Path):
+        import tempfile
+
+        root = Path(out) / ".request_cache"
+        root.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+
+    @contextlib.contextmanager
+    def active(self):
+        from lm_eval.caching import cache
+
+        old, cache.PATH = cache.PATH, str(self.dir)
+        try:
+            yield
+        finally:
+            cache.PATH = old
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _env_info_once():
+    """lm-eval adds an environment report (torch's collect_env: pip and other subprocesses, seconds
+    each time) to every `simple_evaluate` result; we never read it, and it is the same for every call
+    of a process, so it is collected once per process."""
+    from lm_eval import evaluator
+
+    original = evaluator.add_env_info
+
+    def once(storage: dict) -> None:
+        if not _ENV_INFO:
+            original(_ENV_INFO)
+        storage.update(_ENV_INFO)
+
+    evaluator.add_env_info = once
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+_ENV_INFO: dict = {}
 
 
 def used_batch_size(lm, requested) -> str:
@@ -61,20 +122,22 @@ class TaskResult:
     items: dict[str, list[dict]]  # leaf task -> one record per item
 
 
-def evaluate_task(lm, spec: TaskSpec, tm) -> TaskResult:
-    """One lm-eval call for one task (a group such as mmlu gives a row per subtask and one for the group)."""
+def evaluate_task(lm, spec: TaskSpec, tm, requests: RequestCache | None = None) -> TaskResult:
+    """One lm-eval call for one task (a group such as mmlu gives a row per subtask and one for the group).
+    With `requests`, lm-eval's request cache of this run is used (built requests, not responses)."""
     import lm_eval
 
-    res = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[spec.name],
-        num_fewshot=spec.num_fewshot,
-        limit=spec.limit,
-        task_manager=tm,
-        log_samples=True,
-        use_cache=None,  # never share model responses between checkpoints
-        cache_requests=False,
-    )
+    with _env_info_once(), (requests.active() if requests is not None else contextlib.nullcontext()):
+        res = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[spec.name],
+            num_fewshot=spec.num_fewshot,
+            limit=spec.limit,
+            task_manager=tm,
+            log_samples=True,
+            use_cache=None,  # never share model responses between checkpoints
+            cache_requests=requests is not None,
+        )
     if res is None:
         raise RuntimeError(f"lm-eval returned no results for {spec.name} (not rank 0?)")
     return result_from_lm_eval(res, spec)

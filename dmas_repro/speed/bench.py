@@ -464,7 +464,11 @@ class EvalBenchConfig:
     lmeval_batch_sizes: tuple[int, ...] = opt((1, 8, 32), "comma list of batch sizes", parse=_pos_ints)
     hellaswag_limit: int = opt(50, "items of the bundled HellaSwag slice (lm-eval, offline)")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
-    parts: tuple[str, ...] = opt(("val", "lmeval"), "comma list: val, lmeval", parse=_variants)
+    parts: tuple[str, ...] = opt(("val", "lmeval"), "comma list: val, lmeval, compare (eval-all-checkpoints side "
+                                 "by side with a direct lm-eval call)", parse=_variants)
+    compare_batch_size: int = opt(8, "compare: lm-eval batch size of both (eval-all's CPU default)")
+    compare_rounds: int = opt(2, "compare: rounds, each running lm-eval alone and then eval-all once")
+    probe_max_new_tokens: int = opt(64, "compare: tokens per probe generation (eval-all's default)")
     seed: int = opt(1337, "seed of the random init and tokens")
 
 
@@ -479,9 +483,9 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
     from ..model import weights as checkpoint
     from ..model.transformer import Transformer, preset
 
-    bad = [p for p in ec.parts if p not in ("val", "lmeval")]
+    bad = [p for p in ec.parts if p not in ("val", "lmeval", "compare")]
     if bad or not ec.parts:
-        raise UserError(f"--parts {','.join(ec.parts)}: choose from val,lmeval")
+        raise UserError(f"--parts {','.join(ec.parts)}: choose from val,lmeval,compare")
     device = TrainBenchConfig(device=ec.device).resolved_device()
     if ec.threads:
         torch.set_num_threads(ec.threads)
@@ -554,10 +558,11 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
 
             tm = benchmarks.task_manager(["hellaswag_dev"])
             spec = TaskSpec("hellaswag_dev", 0, ec.hellaswag_limit)
+            model = hf.from_hf(hf_dir, dtype=runtime.torch_dtype(dtype), device=device, pad_vocab=False).eval()
             rows = []
             for bs in ec.lmeval_batch_sizes:
                 t0 = time.perf_counter()
-                lm = benchmarks.load_lm(hf_dir, device, dtype, bs)
+                lm = benchmarks.load_lm(model, hf_dir, bs)
                 load_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 res = benchmarks.evaluate_task(lm, spec, tm)
@@ -571,11 +576,68 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
                 log.info(f"  lm-eval   batch {bs:>3}: {dt:7.2f}s for {len(items)} items, {n_req / dt:8.1f} "
                     f"log-likelihood requests/s (load {load_s:.1f}s)")
                 del lm
+            del model
             out["lmeval"] = {"task": "hellaswag_dev", "limit": ec.hellaswag_limit, "dtype": dtype,
-                             "backend": "lm-eval HFLM", "by_batch_size": rows,
+                             "backend": "lm-eval HFLM on the loaded model", "by_batch_size": rows,
                              "best_batch_size": max(rows, key=lambda x: x["requests_per_s"])["batch_size"]}
+        if "compare" in ec.parts:
+            out["compare"] = compare_with_lm_eval(ec, src, hf_dir, device, dtype, Path(tmp))
     out["machine"]["load_avg_1m_end"] = runtime.load_average()
     return out
+
+
+def compare_with_lm_eval(ec: EvalBenchConfig, src: Path, hf_dir: Path, device: str, dtype: str, tmp: Path) -> dict:
+    """eval-all-checkpoints on one checkpoint next to a direct `lm_eval.simple_evaluate(model="hf",
+    pretrained=<its HF directory>)` on the same task, limit, batch size, device and dtype, in turns,
+    `compare_rounds` times in this process: the benchmark unit's seconds against lm-eval's, whether their
+    numbers are equal, and every other phase of eval-all's per-checkpoint work (from OUT/timings/)."""
+    import lm_eval
+
+    from ..eval import driver
+    from ..eval import harness as benchmarks
+
+    task, limit, bs = "hellaswag_dev", ec.hellaswag_limit, ec.compare_batch_size
+    tm = benchmarks.task_manager([task])
+    val_dir = ec.val_data or ("data/bundled" if Path("data/bundled/manifest.json").is_file() else None)
+    parts = ("benchmarks", "val_loss", "probes") if val_dir else ("benchmarks", "probes")
+    rounds = []
+    for r in range(ec.compare_rounds):
+        runtime.synchronize(device)
+        t0 = time.perf_counter()
+        direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": dtype},
+                                         tasks=[task], limit=limit, batch_size=bs, device=device, task_manager=tm,
+                                         log_samples=True)
+        lm_eval_s = time.perf_counter() - t0
+        store = tmp / f"compare-{r}"
+        cfg = driver.EvalConfig(checkpoints=(str(src),), suite="offline", tasks=(task,), limit=limit, device=device,
+                                dtype=dtype, batch_size=str(bs), parts=parts, out=str(store), val_data=val_dir,
+                                val_tokens=ec.val_tokens, val_seq_len=ec.val_seq_len,
+                                probe_max_new_tokens=ec.probe_max_new_tokens)
+        t0 = time.perf_counter()
+        if driver.run(cfg) != 0:
+            raise RuntimeError(f"eval-all-checkpoints failed in {store}")
+        eval_all_s = time.perf_counter() - t0
+        (timing,) = [json.loads(f.read_text()) for f in (store / "timings").glob("*.json")]
+        sec = timing["seconds"]
+        import pandas as pd
+
+        df = pd.read_csv(store / "results.csv").set_index(["task", "metric"])
+        want = direct["results"][task]
+        same = all(float(df.loc[(task, m), "value"]) == float(want[f"{m},none"]) for m in ("acc", "acc_norm"))
+        unit = sec.get("load", 0) + sec.get("lm_eval_setup", 0) + sec[task]
+        rounds.append({"lm_eval_s": lm_eval_s, "eval_all_s": eval_all_s, "benchmark_unit_s": unit,
+                       "task_s": sec[task], "phases_s": sec, "same_numbers": same,
+                       "peak_memory_bytes": max(timing["peak_memory_bytes"].values())})
+        log.info(f"  compare round {r}: lm-eval alone {lm_eval_s:.2f}s, eval-all's benchmark unit {unit:.2f}s "
+                 f"(task {sec[task]:.2f}s), whole checkpoint {sum(sec.values()):.2f}s; same numbers: {same}")
+    best = min(rounds, key=lambda x: x["benchmark_unit_s"])
+    best_direct = min(x["lm_eval_s"] for x in rounds)
+    return {"task": task, "limit": limit, "batch_size": bs, "dtype": dtype, "parts": list(parts),
+            "probe_max_new_tokens": ec.probe_max_new_tokens, "rounds": rounds,
+            "lm_eval_s": best_direct, "benchmark_unit_s": best["benchmark_unit_s"],
+            "ratio_unit_vs_lm_eval": best["benchmark_unit_s"] / best_direct,
+            "seconds_per_checkpoint": min(sum(x["phases_s"].values()) for x in rounds),
+            "same_numbers": all(x["same_numbers"] for x in rounds)}
 
 
 def fused_val_loss(model, windows, batch_size: int, device) -> float:
@@ -608,6 +670,12 @@ def format_eval(res: dict) -> str:
     if "lmeval" in res:
         b = max(res["lmeval"]["by_batch_size"], key=lambda x: x["requests_per_s"])
         lines.append(f"lm-eval hellaswag_dev: best {b['requests_per_s']:.1f} requests/s at batch {b['batch_size']}")
+    if "compare" in res:
+        c = res["compare"]
+        lines.append(f"{c['task']} (limit {c['limit']}, batch {c['batch_size']}): lm-eval alone {c['lm_eval_s']:.2f}s, "
+                     f"eval-all's benchmark unit {c['benchmark_unit_s']:.2f}s "
+                     f"(ratio {c['ratio_unit_vs_lm_eval']:.2f}), "
+                     f"same numbers: {c['same_numbers']}; eval-all per checkpoint {c['seconds_per_checkpoint']:.2f}s")
     return "\n".join(lines)
 
 
@@ -669,7 +737,28 @@ def markdown(res: dict) -> str:
         lines += [f"| {r['batch_size']} | {r['load_s']:.1f} | {r['seconds']:.2f} | {r['requests_per_s']:.1f} | "
                   f"{r['items_per_s']:.2f} | {r['acc_norm'] if r['acc_norm'] is None else round(r['acc_norm'], 4)} |"
                   for r in e["by_batch_size"]]
+    if "compare" in res:
+        c = res["compare"]
+        phases = sorted({k for r in c["rounds"] for k in r["phases_s"]}, key=lambda k: _PHASE_ORDER.get(k, 50))
+        lines += ["", f"eval-all-checkpoints next to a direct `lm_eval.simple_evaluate(model=\"hf\", pretrained=DIR)` "
+                  f"on `{c['task']}` (first {c['limit']} items, batch {c['batch_size']}, {c['dtype']}), in turns "
+                  f"in one process; eval-all's units: {', '.join(c['parts'])} (probes: "
+                  f"{c['probe_max_new_tokens']} new tokens):", "",
+                  "| round | lm-eval alone s | eval-all benchmark unit s (load + HFLM + task) | same numbers | "
+                  + " | ".join(f"{p} s" for p in phases) + " | eval-all per checkpoint s |",
+                  "|---:|---:|---:|---|" + "---:|" * len(phases) + "---:|"]
+        for i, r in enumerate(c["rounds"]):
+            lines.append(f"| {i} | {r['lm_eval_s']:.2f} | {r['benchmark_unit_s']:.2f} | {r['same_numbers']} | "
+                         + " | ".join(f"{r['phases_s'].get(p, 0):.2f}" for p in phases)
+                         + f" | {sum(r['phases_s'].values()):.2f} |")
+        lines += ["", f"Best of the rounds: **benchmark unit / lm-eval alone = {c['ratio_unit_vs_lm_eval']:.2f}**; "
+                  f"eval-all per checkpoint {c['seconds_per_checkpoint']:.2f} s (fetch: background download or "
+                  "export, overlapped with the previous checkpoint; fetch_wait: the part of it the run waited for)."]
     return "\n".join(lines) + "\n"
+
+
+_PHASE_ORDER = {"fetch": 0, "fetch_wait": 1, "check": 2, "load": 3, "lm_eval_setup": 4, "val_loss": 60,
+                "probes": 61, "consolidate": 62, "release": 63}
 
 
 def report(json_files: list[str]) -> str:
