@@ -115,7 +115,7 @@ def generate_batch(lm, prompts: list[list[int]], settings: list[tuple[float, int
     `Transformer.generate(prompt, temperature=, top_k=, seed=)` does: its own torch.Generator seeded
     with its seed and one draw per step (`transformer.sample_next`), greedy at temperature 0; it ends
     after `stop_token` or its budget. Batched, the logits agree with one-row decoding to float
-    rounding, not bit for bit (tests/eval/test_probes.py checks that the outputs are the same).
+    rounding, not bit for bit (tests/eval/test_one_load.py checks that the outputs are the same).
     """
     from transformers.cache_utils import DynamicCache
 
