@@ -95,12 +95,13 @@ def kv_bytes_per_token(cfg) -> int:
     return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4
 
 
-def rows_per_batch(model, tokens_per_row: int, budget_bytes: int | None = None) -> int:
-    """How many rows to decode at once: their keys and values (float32 bound) within `budget_bytes`
-    (default: 5 % of the weights, at least 256 MiB), so a batch adds little to the model's memory."""
-    if budget_bytes is None:
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        budget_bytes = max(256 * 2**20, weights // 20)
+KV_BUDGET = 256 * 2**20  # bytes of keys and values a batch of probe rows may hold
+
+
+def rows_per_batch(model, tokens_per_row: int, budget_bytes: int = KV_BUDGET) -> int:
+    """How many rows to decode at once: their keys and values (counted in float32) within `budget_bytes`,
+    so a batch adds little to the model's memory (all 45 rows of the v1 set for the tiny preset; about 20
+    at the paper's size)."""
     return max(1, budget_bytes // (kv_bytes_per_token(model.cfg) * max(1, tokens_per_row)))
 
 

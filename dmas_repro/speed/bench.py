@@ -24,12 +24,13 @@ import logging
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core import runtime
 from ..core.config import opt
 from ..core.errors import UserError
+from .common import command_line, parse_overrides  # noqa: F401 (parse_overrides: part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +92,6 @@ class TrainBenchConfig:
         if name not in runtime.TRAIN_DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
         return name
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """`key=value` strings -> ModelConfig overrides with the field's type."""
-    from ..model.transformer import ModelConfig
-
-    types = {f.name: f.type for f in fields(ModelConfig)}
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--model {item!r}: expected key=value")
-        if key not in types:
-            raise UserError(f"--model {key!r}: unknown model field; known: {sorted(types)}")
-        try:
-            out[key] = float(value) if types[key] in ("float", float) else int(value)
-        except ValueError:
-            raise UserError(f"--model {item!r}: {value!r} is not a number") from None
-    return out
 
 
 # ---------------------------------------------------------------- memory
@@ -386,7 +368,7 @@ def run_train_bench(bc: TrainBenchConfig) -> dict:
         "config": {**asdict(bc), "variants": list(bc.variants), "seq_len": T, "dtype": dtype_name,
                    "device": device, "model_config": cfg.to_dict(),
                    "offload_idle": offload},
-        "command": _command_line(),
+        "command": command_line(),
         "machine": {**machine, "load_avg_1m_end": runtime.load_average()},
         "params": params,
         "tokens_per_step": tokens_per_step,
@@ -423,28 +405,6 @@ def format_train(res: dict) -> str:
         lines.append(f"ratio_vs_hf = {res['ratio_vs_hf']:.3f} ({res['best_ours']} / {res['best_hf']}); "
                      f"in CPU time {res['ratio_vs_hf_cpu_time']:.3f}")
     return "\n".join(lines)
-
-
-def _command_line() -> str:
-    import shlex
-    import sys
-
-    prog = sys.argv[0]
-    if Path(prog).name == "__main__.py":
-        prog = "python -m dmas_repro"
-    elif Path(prog).name == "dmas-repro":
-        prog = "dmas-repro"
-    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
-
-
-def write_json(path: str | None, obj: dict) -> None:
-    if not path:
-        return
-    from ..core.files import atomic_write_text
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- the evaluation benchmark
@@ -489,7 +449,7 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
     device = TrainBenchConfig(device=ec.device).resolved_device()
     if ec.threads:
         torch.set_num_threads(ec.threads)
-    out: dict = {"benchmark": "eval", "config": {**asdict(ec), "device": device}, "command": _command_line(),
+    out: dict = {"benchmark": "eval", "config": {**asdict(ec), "device": device}, "command": command_line(),
                  "machine": runtime.machine_info(device)}
     with tempfile.TemporaryDirectory(prefix="dmas-bench-eval-") as tmp:
         src = Path(ec.checkpoint) if ec.checkpoint else None
@@ -681,7 +641,15 @@ def format_eval(res: dict) -> str:
 
 # ---------------------------------------------------------------- markdown for BENCHMARKS.md
 def markdown(res: dict) -> str:
-    """A BENCHMARKS.md section for one result JSON (train or eval)."""
+    """A BENCHMARKS.md section for one result JSON (train, eval, release or prepare)."""
+    if res.get("benchmark") == "release":
+        from .release import markdown as release_markdown
+
+        return release_markdown(res)
+    if res.get("benchmark") == "prepare":
+        from .prepare_bench import markdown as prepare_markdown
+
+        return prepare_markdown(res)
     m = res["machine"]
     where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} torch thread{'s' if m['cpu_threads'] != 1 else ''}"
     versions = f"torch {m['torch']}, transformers {m.get('transformers', '-')}, Python {m['python']}"

@@ -79,9 +79,10 @@ def test_one_load_per_checkpoint_in_the_run_dtype_with_lm_evals_numbers(tmp_path
     monkeypatch.setattr(checkpoint, "load_model", no_directory_loads)
     monkeypatch.setattr(lm_task, "load_from_cache", load_from_cache)
     monkeypatch.setattr(lm_task, "save_to_cache", save_to_cache)
+    val = _val_split(tmp_path / "val")
     cfg = evaluate.EvalConfig(checkpoints=(str(h0), str(ours)), suite="offline", limit=LIMIT, device="cpu",
-                              dtype="bfloat16", batch_size="4", out=str(out), val_data=str(_val_split(tmp_path / "val")),
-                              val_tokens=512, probe_seeds=(0,), probe_max_new_tokens=4)
+                              dtype="bfloat16", batch_size="4", out=str(out), val_data=str(val), val_tokens=512,
+                              probe_seeds=(0,), probe_max_new_tokens=4)
     assert evaluate.run(cfg) == 0
     assert [(n, d) for n, d in loads] == [("h0", torch.bfloat16), ("ours", torch.bfloat16)]  # one load each
     assert len(saved) == 1 and saved[0].startswith("requests-hellaswag_dev-0shot-") and hits == [False, True]
