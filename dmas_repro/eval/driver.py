@@ -1,11 +1,14 @@
 """`dmas-repro eval-all-checkpoints`: every checkpoint through the benchmarks, validation loss and
 probes, into one results store (see `dmas_repro.results`).
 
-For each checkpoint (of this --shard) with work left: fetch it (the next one downloads in the
-background meanwhile), run the benchmark tasks one by one through lm-eval, then validation loss
-and probes with our model, storing each (checkpoint, unit) as soon as it is done. A failure is
-recorded and the run goes on with the next unit or checkpoint; the exit status is 0 only when
-every unit of this run succeeded. SIGINT/SIGTERM stop after the current unit.
+For each checkpoint (of this --shard) with work left: fetch it (the next one downloads or is
+exported in the background meanwhile), load it once, in the run's dtype on the run's device, and
+run every pending unit on that one model: the benchmark tasks one by one through lm-eval (which
+gets the instantiated model), then validation loss and probes, storing each (checkpoint, unit) as
+soon as it is done; the tables are rebuilt after each checkpoint, and the seconds and peak memory
+of each phase go to OUT/timings/<checkpoint>.json. A failure is recorded and the run goes on with
+the next unit or checkpoint; the exit status is 0 only when every unit of this run succeeded.
+SIGINT/SIGTERM stop after the current unit.
 """
 
 from __future__ import annotations
@@ -186,41 +189,43 @@ def run(cfg: EvalConfig) -> int:
 
     pending = {ck.label: p for ck, p in todo}
     requests = benchmarks.RequestCache(out) if bench_pending else None
-    with StopSignal() as stop:
-        for ck, fut in fetcher.iterate([ck for ck, _ in todo]):
-            clock = _Clock(device)
-            local = None
-            try:
-                local = fut.result()
-                clock.lap("fetch_wait")
-                sources.check_loadable(local.path)
-                clock.lap("check")
-            except Exception as e:  # noqa: BLE001 - a failed checkpoint is recorded, the others go on
-                _report(ck.label, "load", e)
-                store.record_failure(ck.label, "load", _error_text(e))
-                failed += 1
-                if local is not None:
+    try:
+        with StopSignal() as stop:
+            for ck, fut in fetcher.iterate([ck for ck, _ in todo]):
+                clock = _Clock(device)
+                local = None
+                try:
+                    local = fut.result()
+                    clock.lap("fetch_wait")
+                    sources.check_loadable(local.path)
+                    clock.lap("check")
+                except Exception as e:  # noqa: BLE001 - a failed checkpoint is recorded, the others go on
+                    _report(ck.label, "load", e)
+                    store.record_failure(ck.label, "load", _error_text(e))
+                    failed += 1
+                    if local is not None:
+                        fetcher.release(local)
+                    store.consolidate()
+                    continue
+                store.clear_failure(ck.label, "load")
+                meta = {"checkpoint": ck.label, "step": ck.step, "tokens": ck.tokens, "kind": ck.kind,
+                        "model_sha": local.model_sha, "dtype": dtype, "device": device, "source": ck.source,
+                        "harness_version": lm_eval.__version__}
+                clock.record("fetch", local.seconds)
+                todo_specs = [s for s in specs if s.name in pending[ck.label]]
+                try:
+                    failed += _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending[ck.label], todo_specs,
+                                                   val_set, probe_cfg, device, dtype, batch_size, stop, clock)
+                finally:
                     fetcher.release(local)
-                store.consolidate()
-                continue
-            store.clear_failure(ck.label, "load")
-            meta = {"checkpoint": ck.label, "step": ck.step, "tokens": ck.tokens, "kind": ck.kind,
-                    "model_sha": local.model_sha, "dtype": dtype, "device": device, "source": ck.source,
-                    "harness_version": lm_eval.__version__}
-            clock.record("fetch", local.seconds)
-            try:
-                failed += _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending[ck.label],
-                                               [s for s in specs if s.name in pending[ck.label]], val_set, probe_cfg,
-                                               device, dtype, batch_size, stop, clock)
-            finally:
-                fetcher.release(local)
-                clock.lap("release")
-            _write_timings(out, ck.label, meta, clock)
-            if stop.requested:
-                stopped = stop.requested
-                break
-    if requests is not None:
-        requests.close()
+                    clock.lap("release")
+                _write_timings(out, ck.label, meta, clock)
+                if stop.requested:
+                    stopped = stop.requested
+                    break
+    finally:
+        if requests is not None:
+            requests.close()
     df = store.consolidate()
     print()
     print(results.summary(df))

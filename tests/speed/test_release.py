@@ -55,3 +55,19 @@ def test_bench_prepare_against_tiktoken(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["bench", "report", str(out)]) == 0
     assert "prepare-data against tiktoken alone" in capsys.readouterr().out
+
+
+def test_bench_eval_compare_runs_eval_all_next_to_lm_eval(tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    assert cli.main(["bench", "eval", "--preset", "tiny", "--model", "n_layer=1", "--model", "context_length=64",
+                     "--parts", "compare", "--hellaswag-limit", "3", "--compare-rounds", "1",
+                     "--compare-batch-size", "4", "--val-tokens", "256", "--probe-max-new-tokens", "2",
+                     "--json", str(out)]) == 0
+    c = json.loads(out.read_text())["compare"]
+    (r,) = c["rounds"]
+    assert c["same_numbers"] and r["lm_eval_s"] > 0 and r["benchmark_unit_s"] > 0
+    assert {"fetch", "load", "lm_eval_setup", "hellaswag_dev", "probes"} <= set(r["phases_s"])
+    assert c["ratio_unit_vs_lm_eval"] == c["benchmark_unit_s"] / c["lm_eval_s"]
+    capsys.readouterr()
+    assert cli.main(["bench", "report", str(out)]) == 0
+    assert "benchmark unit / lm-eval alone" in capsys.readouterr().out
