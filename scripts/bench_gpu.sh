@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU benchmark as one command (H100/H200; about 10 minutes): training steps of the `paper` preset at
+# The GPU benchmark as one command (H100/H200; about 20 minutes): training steps of the `paper` preset at
 # sequence 1024 (ours eager / compiled vs transformers' LlamaForCausalLM eager / compiled, bf16 autocast),
 # the effect of the fused chunked cross-entropy and of the micro-batch, then evaluation speed (validation
-# loss and lm-eval HellaSwag slice by batch size) on a randomly initialised paper-size checkpoint (no
+# loss and lm-eval HellaSwag slice by batch size, eval-all-checkpoints next to lm-eval alone) on a randomly
+# initialised paper-size checkpoint, and the commands' seconds and memory at the released scale (no
 # network needed). Writes one JSON per part and a markdown section for BENCHMARKS.md:
 #
 #   scripts/bench_gpu.sh                 # results in bench/gpu/ (or $OUT when set)
@@ -36,8 +37,16 @@ run train_paper_b${MB}_plain_ce scripts/bench_train.py --preset paper --seq-len 
 run train_paper_b$((MB * 2)) scripts/bench_train.py --preset paper --seq-len 1024 --micro-batch $((MB * 2)) \
     --steps 6 --warmup 3 --rounds 2 --variants ours-compile
 # 4. evaluation: validation loss over the authors' 655,360-token budget, lm-eval on the bundled HellaSwag slice
+#    by batch size, and eval-all-checkpoints next to lm-eval alone on the same checkpoint (bf16, batch 64)
 run eval_paper scripts/bench_eval.py --preset paper --val-tokens 655360 --val-batch-sizes 8,16,32 \
-    --lmeval-batch-sizes 8,32,64 --hellaswag-limit 1000
+    --lmeval-batch-sizes 8,32,64 --hellaswag-limit 1000 --parts val,lmeval,compare --compare-batch-size 64
+# 5. the commands at the released scale: a random checkpoint laid out like a release (2 shards, 6.9 GB),
+#    info / import-hf / export-hf (CPU) and eval-all-checkpoints / chat on the GPU: seconds, peak host RSS
+#    and GPU memory against the bf16 weights (needs ~21 GB of disk in $WORK, default a new /tmp directory)
+WORK="${WORK:-$(mktemp -d /tmp/dmas-bench-release.XXXXXX)}"
+PART_TIMEOUT="${PART_TIMEOUT:-1800}" run release_paper scripts/bench_release.py --device cuda --work "$WORK" \
+    --limit 200 --val-tokens 655360 --probe-max-new-tokens 64
+rm -rf "$WORK"
 
 "$PY" -m dmas_repro bench report "$OUT"/*.json > "$OUT/BENCHMARKS_section.md"
 cat "$OUT/BENCHMARKS_section.md"

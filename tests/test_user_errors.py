@@ -299,14 +299,23 @@ def test_no_space_while_training_keeps_the_last_checkpoint(data, tmp_path, capsy
 
 
 def test_no_space_while_exporting_keeps_the_earlier_export(tmp_path, capsys, monkeypatch):
-    import safetensors.torch
+    import errno
+
+    from dmas_repro.model import hf, safetensors_io
+
+    real = safetensors_io.write_safetensors
+
+    def write_safetensors(path, *a, **k):  # the export's writer, as if the disk filled up
+        if ".hf.tmp-" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *a, **k)
 
     ck = tmp_path / "ck"
     ck.mkdir()
     checkpoint.save_model_files(_micro_model(), ck)
     assert main(["export-hf", "--checkpoint", str(ck), "--out", str(tmp_path / "hf")]) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
-    monkeypatch.setattr(safetensors.torch, "save_file", _enospc_on(".hf.tmp-"))
+    monkeypatch.setattr(hf, "write_safetensors", write_safetensors)
     assert main(["export-hf", "--checkpoint", str(ck), "--out", str(tmp_path / "hf"), "--overwrite"]) == 2
     _one_error(capsys.readouterr().err, "no space left on the device", "nothing was replaced")
     assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before

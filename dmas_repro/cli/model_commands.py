@@ -67,12 +67,20 @@ def _cmd_export_hf(args) -> int:
     from ..core.files import check_new_dir
     from ..core.runtime import parse_dtype
     from ..model import hf
-    from ..train.layout import load_model_from
+    from ..model.weights import MODEL_CONFIG, export_hf
+    from ..train.layout import load_model_from, model_dir_of
 
     dtype = parse_dtype(args.dtype)
     check_new_dir(args.out, flag="--out", **hf.export_target(args.overwrite))  # before loading anything
-    model, src = load_model_from(args.checkpoint, revision=args.revision, cache_dir=args.cache_dir)
-    out = hf.save_hf(model, args.out, dtype=dtype, overwrite=args.overwrite)
+    src = model_dir_of(args.checkpoint, revision=args.revision, cache_dir=args.cache_dir)
+    if (Path(src) / MODEL_CONFIG).is_file():  # our files: converted tensor by tensor, no model in memory
+        try:
+            out = export_hf(src, args.out, dtype=dtype, overwrite=args.overwrite)
+        except UserError as e:
+            raise UserError(f"{args.checkpoint}: not usable as a DMaS-LLaMa-Lite model: {e}") from None
+    else:
+        model, src = load_model_from(args.checkpoint, revision=args.revision, cache_dir=args.cache_dir)
+        out = hf.save_hf(model, args.out, dtype=dtype, overwrite=args.overwrite)
     print(f"wrote Hugging Face directory {out} (from {src})")
     return 0
 

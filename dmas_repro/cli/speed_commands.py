@@ -1,11 +1,12 @@
-"""Commands of the speed benchmarks: bench train|eval|report (flags derived from the bench configs)."""
+"""Commands of the speed benchmarks: bench train|eval|release|prepare|report (flags derived from the bench configs)."""
 
 from __future__ import annotations
 
 
 def _cmd_train(args) -> int:
     from ..core.config import from_args
-    from ..speed.bench import TrainBenchConfig, format_train, run_train_bench, write_json
+    from ..speed.bench import TrainBenchConfig, format_train, run_train_bench
+    from ..speed.common import write_json
 
     res = run_train_bench(from_args(TrainBenchConfig, args))
     print(format_train(res))
@@ -15,10 +16,33 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from ..core.config import from_args
-    from ..speed.bench import EvalBenchConfig, format_eval, run_eval_bench, write_json
+    from ..speed.bench import EvalBenchConfig, format_eval, run_eval_bench
+    from ..speed.common import write_json
 
     res = run_eval_bench(from_args(EvalBenchConfig, args))
     print(format_eval(res))
+    write_json(args.json, res)
+    return 0
+
+
+def _cmd_release(args) -> int:
+    from ..core.config import from_args
+    from ..speed.common import write_json
+    from ..speed.release import ReleaseBenchConfig, markdown, run_release_bench
+
+    res = run_release_bench(from_args(ReleaseBenchConfig, args))
+    print(markdown(res))
+    write_json(args.json, res)
+    return 0 if all(r["rc"] == 0 for r in res["commands"].values()) else 1
+
+
+def _cmd_prepare(args) -> int:
+    from ..core.config import from_args
+    from ..speed.common import write_json
+    from ..speed.prepare_bench import PrepareBenchConfig, format_prepare, run_prepare_bench
+
+    res = run_prepare_bench(from_args(PrepareBenchConfig, args))
+    print(format_prepare(res))
     write_json(args.json, res)
     return 0
 
@@ -33,6 +57,8 @@ def _cmd_report(args) -> int:
 def register(sub, common) -> None:
     from ..core.config import add_arguments
     from ..speed.bench import EvalBenchConfig, TrainBenchConfig
+    from ..speed.prepare_bench import PrepareBenchConfig
+    from ..speed.release import ReleaseBenchConfig
     from .errors import epilog
 
     p = sub.add_parser("bench", parents=[common], epilog=epilog("bench"),
@@ -48,6 +74,17 @@ def register(sub, common) -> None:
     add_arguments(e, EvalBenchConfig)
     e.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
     e.set_defaults(func=_cmd_eval)
+    rel = bsub.add_parser("release", parents=[common],
+                          help="import-hf, export-hf, eval-all-checkpoints, chat on a random release-shaped "
+                               "checkpoint: seconds and peak memory against the weights' bytes")
+    add_arguments(rel, ReleaseBenchConfig)
+    rel.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+    rel.set_defaults(func=_cmd_release)
+    pr = bsub.add_parser("prepare", parents=[common],
+                         help="prepare-data tokens/s on a large local file against tiktoken alone x processes")
+    add_arguments(pr, PrepareBenchConfig)
+    pr.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+    pr.set_defaults(func=_cmd_prepare)
     r = bsub.add_parser("report", parents=[common],
                         help="print a BENCHMARKS.md section (markdown) for result JSON files")
     r.add_argument("json_files", nargs="+", metavar="JSON")

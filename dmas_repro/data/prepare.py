@@ -5,9 +5,15 @@ Documents are read in a fixed order; every `val_every_docs`-th document goes to 
 `val_tokens` tokens (with val_every_docs=1 the first documents form the validation split, like
 the authors' shard 0). Shards are cut at exactly `shard_tokens` tokens (a document may span two).
 
-The preparation is resumable: after each chunk of documents that completed a shard it saves
-its position in the document stream and the unfinished shard buffers (`.progress*` files); a
-rerun continues from there and produces the same bytes as an uninterrupted run.
+The preparation is resumable: after a chunk of documents that completed a shard, at most every
+`PROGRESS_EVERY_S` seconds, it makes the shards written so far durable (fsync) and saves its
+position in the document stream and the unfinished shard buffers (`.progress*` files); a rerun
+continues from there and produces the same bytes as an uninterrupted run (shards written after
+the last save are written again, identically).
+
+Speed: with `num_proc` > 1, worker processes tokenize chunks of `chunk_docs` documents and send
+back one uint16 array per chunk; the main process only reads documents and writes shards
+(scripts/bench_prepare.py measures it against tiktoken alone, BENCHMARKS.md).
 
 Sources: `bundled` (two small real corpora shipped with the package), `fineweb-edu`
 (`HuggingFaceFW/fineweb-edu` through `datasets` streaming; revision recorded), or a local
@@ -29,13 +35,15 @@ import numpy as np
 
 from ..core.config import opt
 from ..core.errors import UserError
-from ..core.files import atomic_write_text, check_free_space, file_sha256
+from ..core.files import atomic_write_text, check_free_space, file_sha256, fsync_dir
 from .shards import DTYPE, EOT, FORMAT, MANIFEST, PROGRESS, SPLITS, read_manifest
 
 CORPORA = Path(__file__).resolve().parents[1] / "assets" / "corpora"
 BUNDLED_FILES = ("wiki_demo.txt", "c4_demo.jsonl")
 FINEWEB_REPO = "HuggingFaceFW/fineweb-edu"
 # GPT-2 tokens in FineWeb-Edu's sample subsets (their names): the progress bar's total for an ETA.
+# Progress (a resume point) is saved at most this often; shards are fsynced just before it is.
+PROGRESS_EVERY_S = 30.0
 FINEWEB_SUBSET_TOKENS = {"sample-10BT": 10_000_000_000, "sample-100BT": 100_000_000_000,
                          "sample-350BT": 350_000_000_000}
 
@@ -110,24 +118,33 @@ class LocalFiles(DocStream):
 
     def _all(self) -> Iterator[str]:
         for f in self.files:
-            if f.suffix == ".jsonl":
-                with open(f, encoding="utf-8") as fh:
-                    for i, line in enumerate(fh, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            text = json.loads(line)[self.text_field]
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            raise UserError(f"{f}:{i}: not a JSON object with a {self.text_field!r} field") from None
-                        if text:
-                            yield text
-            elif self.txt_unit == "file":
-                yield f.read_text(encoding="utf-8")
-            else:
-                with open(f, encoding="utf-8") as fh:
-                    for line in fh:
-                        if line.strip():
-                            yield line.rstrip("\n")
+            try:
+                yield from self._docs(f)
+            except UnicodeDecodeError as e:
+                raise UserError(f"{f}: not UTF-8 text ({e.reason} at a byte {e.object[e.start:e.start + 1]!r}); "
+                                "prepare-data reads UTF-8 .txt and .jsonl files") from None
+
+    def _docs(self, f: Path) -> Iterator[str]:
+        if f.suffix == ".jsonl":
+            with open(f, encoding="utf-8") as fh:
+                for i, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        text = json.loads(line)[self.text_field]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise UserError(f"{f}:{i}: not a JSON object with a {self.text_field!r} field") from None
+                    if not isinstance(text, str):
+                        raise UserError(f"{f}:{i}: field {self.text_field!r} is a {type(text).__name__}, not text")
+                    if text:
+                        yield text
+        elif self.txt_unit == "file":
+            yield f.read_text(encoding="utf-8")
+        else:
+            with open(f, encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        yield line.rstrip("\n")
 
     def iter_from(self, state):
         skip = int(state["docs"]) if state else 0
@@ -202,17 +219,21 @@ def open_source(cfg: PrepareConfig) -> DocStream:
 
 
 # ---------------------------------------------------------------- tokenization
-def _encode_chunk(docs: list[str]) -> list[np.ndarray]:
+def _encode_chunk(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk's tokens as one uint16 array (each document preceded by <|endoftext|>) and the length of
+    each document in it (with its <|endoftext|>): one array each way between processes, not one per document."""
     from ..model.tokenizer import gpt2
 
     tok = gpt2()
-    out = []
-    for ids in tok.encode_batch(docs, num_threads=1):
-        a = np.empty(len(ids) + 1, dtype=DTYPE)
-        a[0] = EOT
-        a[1:] = ids
-        out.append(a)
-    return out
+    encoded = [tok.encode(d) for d in docs]  # tiktoken's encode_ordinary: "<|endoftext|>" in a text is text
+    lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
+    out = np.empty(int(lengths.sum()), dtype=DTYPE)
+    pos = 0
+    for ids, n in zip(encoded, lengths.tolist()):
+        out[pos] = EOT
+        out[pos + 1: pos + n] = ids
+        pos += n
+    return out, lengths
 
 
 def _chunks(stream: Iterator[str], source: DocStream, size: int, states: dict) -> Iterator[list[str]]:
@@ -249,10 +270,17 @@ class _Split:
 
 
 class _Writer:
+    """Cuts the splits' token streams into shards. A shard is written to a temporary name and renamed
+    (never torn), but not fsynced one by one: `sync` makes every shard written since the last call
+    durable, and runs before any progress file or manifest that lists them is written."""
+
     def __init__(self, out: Path, shard_tokens: int):
         self.out, self.shard_tokens = out, shard_tokens
+        self.unsynced: list[Path] = []
 
     def add(self, split: _Split, toks: np.ndarray) -> None:
+        if not len(toks):
+            return
         split.buffer.append(toks)
         split.buffered += len(toks)
         while split.buffered >= self.shard_tokens:
@@ -260,25 +288,40 @@ class _Writer:
 
     def flush(self, split: _Split, n: int | None = None) -> None:
         """Write the first n buffered tokens (all if None) as the split's next shard."""
-        allbuf = np.concatenate(split.buffer) if split.buffer else np.empty(0, DTYPE)
+        allbuf = (split.buffer[0] if len(split.buffer) == 1 else np.concatenate(split.buffer)) if split.buffer \
+            else np.empty(0, DTYPE)
         n = len(allbuf) if n is None else n
         if n == 0:
             return
         data, rest = allbuf[:n], allbuf[n:]
         name = f"{split.name}_{len(split.shards):06d}.bin"
         check_free_space(self.out, data.nbytes + (16 << 20), f"token shard {name}")
-        _write_bytes_atomic(self.out / name, data.tobytes())
-        split.shards.append({"file": name, "tokens": int(n), "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
+        raw = memoryview(np.ascontiguousarray(data)).cast("B")
+        _write_bytes_atomic(self.out / name, raw, fsync=False)
+        self.unsynced.append(self.out / name)
+        split.shards.append({"file": name, "tokens": int(n), "sha256": hashlib.sha256(raw).hexdigest()})
         split.buffer = [rest] if len(rest) else []
         split.buffered = len(rest)
 
+    def sync(self) -> None:
+        for f in self.unsynced:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if self.unsynced:
+            fsync_dir(self.out)
+        self.unsynced = []
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+
+def _write_bytes_atomic(path: Path, data, fsync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -362,32 +405,42 @@ def prepare(cfg: PrepareConfig, out_dir: str | os.PathLike, progress: bool | Non
     else:
         results = map(_encode_chunk, chunks)
     finished = False
+    last_save, unsaved = time.monotonic(), False
     try:
-        for ci, encoded in enumerate(results):
+        for ci, (toks, lengths) in enumerate(results):
             shards_before = len(train.shards) + len(val.shards)
-            for toks in encoded:
+            starts = np.concatenate(([0], np.cumsum(lengths))).tolist()
+            i, n, added = 0, len(lengths), 0
+            while i < n and not finished:
                 if not val.done and doc_index % cfg.val_every_docs == 0:
-                    writer.add(val, toks)
+                    doc = toks[starts[i]: starts[i + 1]]
+                    writer.add(val, doc)
                     val.documents += 1
                     if val.total >= cfg.val_tokens:
                         writer.flush(val)
                         val.done = True
-                else:
-                    if cfg.max_tokens is not None:
-                        toks = toks[: cfg.max_tokens - train.total]
-                    writer.add(train, toks)
-                    train.documents += 1
-                doc_index += 1
-                if bar is not None:
-                    bar.update(len(toks))
-                if cfg.max_tokens is not None and train.total >= cfg.max_tokens:
-                    finished = True
-                    break
+                    i, doc_index, added = i + 1, doc_index + 1, added + len(doc)
+                    continue
+                # a run of training documents: up to the next validation document or the chunk's end
+                j = n if val.done else min(n, i + cfg.val_every_docs - doc_index % cfg.val_every_docs)
+                piece, docs = toks[starts[i]: starts[j]], j - i
+                if cfg.max_tokens is not None and len(piece) >= cfg.max_tokens - train.total:
+                    room = cfg.max_tokens - train.total
+                    docs = int(np.searchsorted(np.asarray(starts[i:j]) - starts[i], room, side="left"))
+                    piece, finished = piece[:room], True
+                writer.add(train, piece)
+                train.documents += docs
+                i, doc_index, added = i + docs, doc_index + docs, added + len(piece)
+            if bar is not None:
+                bar.update(added)
             if finished:
                 break
-            if len(train.shards) + len(val.shards) > shards_before:
+            unsaved |= len(train.shards) + len(val.shards) > shards_before
+            if unsaved and time.monotonic() - last_save >= PROGRESS_EVERY_S:
+                writer.sync()
                 gen += 1
                 _save_progress(out, cfg, states.pop(ci), splits, gen)
+                last_save, unsaved = time.monotonic(), False
             states.pop(ci, None)
     finally:
         if pool is not None:
@@ -396,6 +449,7 @@ def prepare(cfg: PrepareConfig, out_dir: str | os.PathLike, progress: bool | Non
             bar.close()
     writer.flush(train)
     writer.flush(val)
+    writer.sync()
     if not train.shards or not val.shards:
         raise UserError(f"{cfg.source}: too little text for a train and a validation split "
                         f"({train.total} train / {val.total} val tokens)")

@@ -1,11 +1,14 @@
 """`dmas-repro eval-all-checkpoints`: every checkpoint through the benchmarks, validation loss and
 probes, into one results store (see `dmas_repro.results`).
 
-For each checkpoint (of this --shard) with work left: fetch it (the next one downloads in the
-background meanwhile), run the benchmark tasks one by one through lm-eval, then validation loss
-and probes with our model, storing each (checkpoint, unit) as soon as it is done. A failure is
-recorded and the run goes on with the next unit or checkpoint; the exit status is 0 only when
-every unit of this run succeeded. SIGINT/SIGTERM stop after the current unit.
+For each checkpoint (of this --shard) with work left: fetch it (the next one downloads or is
+exported in the background meanwhile), load it once, in the run's dtype on the run's device, and
+run every pending unit on that one model: the benchmark tasks one by one through lm-eval (which
+gets the instantiated model), then validation loss and probes, storing each (checkpoint, unit) as
+soon as it is done; the tables are rebuilt after each checkpoint, and the seconds and peak memory
+of each phase go to OUT/timings/<checkpoint>.json. A failure is recorded and the run goes on with
+the next unit or checkpoint; the exit status is 0 only when every unit of this run succeeded.
+SIGINT/SIGTERM stop after the current unit.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,35 +210,44 @@ def run(cfg: EvalConfig) -> int:
     from ..core.signals import StopSignal
 
     pending = {ck.label: p for ck, p in todo}
-    with StopSignal() as stop:
-        for ck, fut in fetcher.iterate([ck for ck, _ in todo]):
-            local = None
-            try:
-                local = fut.result()
-                sources.check_loadable(local.path, ck.own_model)
-            except Exception as e:  # noqa: BLE001 - a failed checkpoint is recorded, the others go on
-                _report(ck.label, "load", e)
-                store.record_failure(ck.label, "load", _error_text(e))
-                failed += 1
-                if local is not None:
+    requests = benchmarks.RequestCache(out) if bench_pending else None
+    try:
+        with StopSignal() as stop:
+            for ck, fut in fetcher.iterate([ck for ck, _ in todo]):
+                clock = _Clock(device)
+                local = None
+                try:
+                    local = fut.result()
+                    clock.lap("fetch_wait")
+                    sources.check_loadable(local.path, ck.own_model)
+                    clock.lap("check")
+                except Exception as e:  # noqa: BLE001 - a failed checkpoint is recorded, the others go on
+                    _report(ck.label, "load", e)
+                    store.record_failure(ck.label, "load", _error_text(e))
+                    failed += 1
+                    if local is not None:
+                        fetcher.release(local)
+                    store.consolidate()
+                    continue
+                store.clear_failure(ck.label, "load")
+                meta = {"checkpoint": ck.label, "step": ck.step, "tokens": ck.tokens, "kind": ck.kind,
+                        "model_sha": local.model_sha, "dtype": dtype, "device": device, "source": ck.source,
+                        "harness_version": lm_eval.__version__}
+                clock.record("fetch", local.seconds)
+                todo_specs = [s for s in specs if s.name in pending[ck.label]]
+                try:
+                    failed += _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending[ck.label], todo_specs,
+                                                   val_set, probe_cfg, device, dtype, batch_size, stop, clock)
+                finally:
                     fetcher.release(local)
-                store.consolidate()
-                continue
-            store.clear_failure(ck.label, "load")
-            meta = {"checkpoint": ck.label, "step": ck.step, "tokens": ck.tokens, "kind": ck.kind,
-                    "model_sha": local.model_sha, "dtype": dtype, "device": device, "source": ck.source,
-                    "harness_version": lm_eval.__version__}
-            try:
-                failed += _benchmarks(cfg, store, tm, local, meta, [s for s in specs if s.name in pending[ck.label]],
-                                      device, dtype, batch_size, stop)
-                if not stop.requested:
-                    failed += _own_model_parts(cfg, store, local, meta, pending[ck.label], val_set, probe_cfg,
-                                               device, dtype, stop)
-            finally:
-                fetcher.release(local)
-            if stop.requested:
-                stopped = stop.requested
-                break
+                    clock.lap("release")
+                _write_timings(out, ck.label, meta, clock)
+                if stop.requested:
+                    stopped = stop.requested
+                    break
+    finally:
+        if requests is not None:
+            requests.close()
     df = store.consolidate()
     print()
     print(results.summary(df))
@@ -264,67 +277,83 @@ def _report(label: str, part: str, e: BaseException) -> None:
     log.error(f"{label}: {part} FAILED: {_error_text(e)}")
 
 
-def _benchmarks(cfg, store, tm, local, meta, specs, device, dtype, batch_size, stop) -> int:
-    from . import harness as benchmarks
+class _Clock:
+    """Seconds of each phase of one checkpoint's evaluation, and the process's peak memory after it."""
 
-    if not specs:
-        return 0
-    label = meta["checkpoint"]
-    try:
-        lm = benchmarks.load_lm(local.path, device, dtype, batch_size)
-    except Exception as e:  # noqa: BLE001
-        _report(label, "benchmarks", e)
-        for s in specs:
-            store.record_failure(label, f"benchmarks/{s.name}", _error_text(e))
-        store.consolidate()
-        return len(specs)
-    failed = 0
-    try:
-        for s in specs:
-            if stop.requested:
-                break
-            log.info(f"{label}: {s.name} (few-shot {s.num_fewshot}, limit {s.limit})")
-            part = f"benchmarks/{s.name}"
-            try:
-                res = benchmarks.evaluate_task(lm, s, tm, items=cfg.items)
-                bs = benchmarks.used_batch_size(lm, batch_size)
-                rows = [{**meta, **r, "batch_size": bs} for r in res.rows]
-                items = None
-                if cfg.items:
-                    items = {t: [{"checkpoint": label, "step": meta["step"], "tokens": meta["tokens"],
-                                  "kind": meta["kind"], **x}
-                                 for x in recs] for t, recs in res.items.items()}
-                store.write_unit(label, s.name, rows, items=items, part=part)
-            except Exception as e:  # noqa: BLE001
-                _report(label, part, e)
-                store.record_failure(label, part, _error_text(e))
-                failed += 1
-            store.consolidate()
-    finally:
-        del lm
-        _free_memory()
-    return failed
+    def __init__(self, device: str):
+        self.device = device
+        self.t = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.peak: dict[str, int] = {}
+
+    def record(self, name: str, seconds: float | None) -> None:
+        if seconds is not None:
+            self.phases[name] = round(seconds, 3)
+
+    def lap(self, name: str) -> float:
+        runtime.synchronize(self.device)
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        self.phases[name] = round(self.phases.get(name, 0.0) + dt, 3)
+        self.peak[name] = runtime.peak_rss_bytes() if not self.device.startswith("cuda") else _cuda_peak(self.device)
+        return dt
 
 
-def _own_model_parts(cfg, store, local, meta, pending, val_set, probe_cfg, device, dtype, stop) -> int:
+def _cuda_peak(device: str) -> int:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(device))
+
+
+def _write_timings(out: Path, label: str, meta: dict, clock: _Clock) -> None:
+    """OUT/timings/<checkpoint>.json: seconds per phase of this checkpoint's last evaluation (fetch is the
+    background download/export; fetch_wait the part of it the run waited for) and the peak memory after
+    each phase (CPU: the process's resident high-water mark; CUDA: torch's max allocated)."""
+    import json
+    import platform
+
+    from ..core.files import atomic_write_text
+
+    doc = {"checkpoint": label, "device": meta["device"], "dtype": meta["dtype"], "host": platform.node(),
+           "seconds": clock.phases, "peak_memory_bytes": clock.peak,
+           "peak_memory_kind": "cuda max_memory_allocated" if meta["device"].startswith("cuda") else "process max RSS",
+           "finished_at": time.time()}
+    atomic_write_text(out / "timings" / f"{label}.json", json.dumps(doc, indent=1) + "\n")
+    units = ", ".join(f"{k} {v:.1f}s" for k, v in clock.phases.items())
+    log.info(f"{label}: {units}; peak memory {max(clock.peak.values(), default=0) / 2**30:.2f} GiB")
+
+
+def _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending, specs, val_set, probe_cfg, device, dtype,
+                         batch_size, stop, clock) -> int:
+    """Load the checkpoint once (in the run's dtype, on the run's device) and run every pending unit on
+    that one model: the benchmarks through lm-eval (`harness.load_lm` shares its parameters), then
+    validation loss and probes. Another suite's model (not `own_model`: benchmarks only) is loaded by
+    lm-eval from its directory. Returns the number of failed units."""
     from ..model import hf
 
-    todo = [u for u in ("val_loss", "probes") if u in pending
-            and (u != "val_loss" or val_set is not None) and (u != "probes" or probe_cfg is not None)]
-    if not todo:
+    own = [u for u in ("val_loss", "probes") if u in pending
+           and (u != "val_loss" or val_set is not None) and (u != "probes" or probe_cfg is not None)]
+    if not specs and not own:
         return 0
     label = meta["checkpoint"]
     try:
-        model = hf.from_hf(local.path, dtype=runtime.torch_dtype(dtype), device=device, pad_vocab=False).eval()
+        model = None
+        if local.ckpt.own_model:
+            model = hf.from_hf(local.path, dtype=runtime.torch_dtype(dtype), device=device, pad_vocab=False).eval()
     except Exception as e:  # noqa: BLE001
         _report(label, "load", e)
-        for u in todo:
-            store.record_failure(label, u, _error_text(e))
+        parts = [f"benchmarks/{s.name}" for s in specs] + own
+        for part in parts:
+            store.record_failure(label, part, _error_text(e))
         store.consolidate()
-        return len(todo)
+        return len(parts)
+    clock.lap("load")
     failed = 0
     try:
-        for unit in todo:
+        if specs:
+            failed += _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dtype, batch_size,
+                                  stop, clock)
+        for unit in own:
             if stop.requested:
                 break
             log.info(f"{label}: {unit}")
@@ -337,10 +366,51 @@ def _own_model_parts(cfg, store, local, meta, pending, val_set, probe_cfg, devic
                 _report(label, unit, e)
                 store.record_failure(label, unit, _error_text(e))
                 failed += 1
-            store.consolidate()
+            clock.lap(unit)
+        store.consolidate()
+        clock.lap("consolidate")
     finally:
         del model
         _free_memory()
+    return failed
+
+
+def _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dtype, batch_size, stop, clock) -> int:
+    from . import harness as benchmarks
+
+    label = meta["checkpoint"]
+    try:
+        lm = benchmarks.load_lm(model, local.path, batch_size, device=device, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        _report(label, "benchmarks", e)
+        for s in specs:
+            store.record_failure(label, f"benchmarks/{s.name}", _error_text(e))
+        return len(specs)
+    clock.lap("lm_eval_setup")
+    failed = 0
+    try:
+        for s in specs:
+            if stop.requested:
+                break
+            log.info(f"{label}: {s.name} (few-shot {s.num_fewshot}, limit {s.limit})")
+            part = f"benchmarks/{s.name}"
+            try:
+                res = benchmarks.evaluate_task(lm, s, tm, items=cfg.items, requests=requests)
+                bs = benchmarks.used_batch_size(lm, batch_size)
+                rows = [{**meta, **r, "batch_size": bs} for r in res.rows]
+                items = None
+                if cfg.items:
+                    items = {t: [{"checkpoint": label, "step": meta["step"], "tokens": meta["tokens"],
+                                  "kind": meta["kind"], **x}
+                                 for x in recs] for t, recs in res.items.items()}
+                store.write_unit(label, s.name, rows, items=items, part=part)
+            except Exception as e:  # noqa: BLE001
+                _report(label, part, e)
+                store.record_failure(label, part, _error_text(e))
+                failed += 1
+            clock.lap(s.name)
+    finally:
+        del lm
     return failed
 
 

@@ -1,9 +1,10 @@
 """Benchmarks through lm-evaluation-harness's Python API: no scoring of our own.
 
-One `HFLM` per checkpoint (on its Hugging Face directory), then one `lm_eval.simple_evaluate`
-call per task, so each (checkpoint, task) is stored as soon as it is done. lm-eval's response
-cache (`use_cache`) is never used: it is keyed by request, not by model, and would hand one
-checkpoint's answers to the next.
+One `HFLM` per checkpoint on the model the driver loaded once (lm-eval accepts an instantiated
+model), then one `lm_eval.simple_evaluate` call per task, so each (checkpoint, task) is stored as
+soon as it is done. lm-eval's response cache (`use_cache`) is never used: it is keyed by request,
+not by model, and would hand one checkpoint's answers to the next. Its request cache
+(`cache_requests`: the prompts built from a task's documents) is, per run (`RequestCache`).
 
 Per-item records come from what lm-eval logged for each sample (`log_samples=True`): its doc id,
 its requests' arguments and log-likelihoods, and the per-sample metric values it computed (acc,
@@ -18,6 +19,7 @@ The suites are in `dmas_repro.eval.suites`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -49,12 +51,77 @@ def task_manager(names: list[str], include_paths: list[str] | None = None):
     return tm
 
 
-def load_lm(hf_dir: str | Path, device: str, dtype: str, batch_size: str | int, max_batch_size: int = 64):
-    """lm-eval's HFLM on a local Hugging Face directory."""
+def load_lm(model, hf_dir: str | Path, batch_size: str | int, max_batch_size: int = 64, device: str | None = None,
+            dtype: str | None = None):
+    """lm-eval's HFLM on the checkpoint already in memory: `model` (our Transformer, loaded once per
+    checkpoint in the run's dtype and device) seen as a transformers `LlamaForCausalLM` that shares its
+    parameters (`hf.as_transformers`, with `hf_dir`'s config), and `hf_dir`'s tokenizer. lm-eval takes
+    an instantiated model; device and dtype are the model's. `model` None (another suite's model, e.g.
+    Pythia): lm-eval loads `hf_dir` itself, on `device` in `dtype`."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=str(hf_dir), device=device, dtype=dtype, batch_size=batch_size,
+    from ..model.hf import as_transformers
+
+    if model is None:
+        return HFLM(pretrained=str(hf_dir), device=device, dtype=dtype, batch_size=batch_size,
+                    max_batch_size=max_batch_size, trust_remote_code=False)
+
+    return HFLM(pretrained=as_transformers(model, hf_dir), tokenizer=str(hf_dir), batch_size=batch_size,
                 max_batch_size=max_batch_size, trust_remote_code=False)
+
+
+class RequestCache:
+    """lm-eval's request cache (`cache_requests=True`) for one run: the requests lm-eval builds from a
+    task's documents (prompts and continuations, never model outputs) are built once per task and
+    reused for every checkpoint. It lives in a directory of this run under OUT/.request_cache/ (lm-eval's
+    key names the task, few-shot count and rank, not the task's files, so it is never shared between
+    runs) and is removed when the run ends; one left by a killed run can be deleted."""
+
+    def __init__(self, out: str | Path):
+        import tempfile
+
+        root = Path(out) / ".request_cache"
+        root.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+
+    @contextlib.contextmanager
+    def active(self):
+        from lm_eval.caching import cache
+
+        old, cache.PATH = cache.PATH, str(self.dir)
+        try:
+            yield
+        finally:
+            cache.PATH = old
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _env_info_once():
+    """lm-eval adds an environment report (torch's collect_env: pip and other subprocesses, seconds
+    each time) to every `simple_evaluate` result; we never read it, and it is the same for every call
+    of a process, so it is collected once per process."""
+    from lm_eval import evaluator
+
+    original = evaluator.add_env_info
+
+    def once(storage: dict) -> None:
+        if not _ENV_INFO:
+            original(_ENV_INFO)
+        storage.update(_ENV_INFO)
+
+    evaluator.add_env_info = once
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+_ENV_INFO: dict = {}
 
 
 def used_batch_size(lm, requested) -> str:
@@ -93,12 +160,13 @@ def check_recordable(name: str, leaves: dict) -> None:
                         f"{' or '.join(RECORDED_TYPES)}; not for {said}: run it with --no-items")
 
 
-def evaluate_task(lm, spec: TaskSpec, tm, items: bool = True) -> TaskResult:
+def evaluate_task(lm, spec: TaskSpec, tm, items: bool = True, requests: RequestCache | None = None) -> TaskResult:
     """One lm-eval call for one task (a group such as mmlu gives a row per subtask and one for the group).
 
     Per-item records (and the gold_nll_per_byte rows) are made whenever the task's items can be
     recorded; `items`: they are wanted, so a task whose items cannot be recorded is refused before
-    any model call (without `items` it gets lm-eval's metric rows only)."""
+    any model call (without `items` it gets lm-eval's metric rows only). With `requests`, lm-eval's
+    request cache of this run is used (built requests, not responses)."""
     import lm_eval
 
     top, leaves = load_tasks(spec.name, tm)
@@ -108,16 +176,17 @@ def evaluate_task(lm, spec: TaskSpec, tm, items: bool = True) -> TaskResult:
         if items:
             raise
         leaves = None  # rows only
-    res = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=top,
-        num_fewshot=spec.num_fewshot,
-        limit=spec.limit,
-        task_manager=tm,
-        log_samples=True,
-        use_cache=None,  # never share model responses between checkpoints
-        cache_requests=False,
-    )
+    with _env_info_once(), (requests.active() if requests is not None else contextlib.nullcontext()):
+        res = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=top,
+            num_fewshot=spec.num_fewshot,
+            limit=spec.limit,
+            task_manager=tm,
+            log_samples=True,
+            use_cache=None,  # never share model responses between checkpoints
+            cache_requests=requests is not None,
+        )
     if res is None:
         raise RuntimeError(f"lm-eval returned no results for {spec.name} (not rank 0?)")
     return result_from_lm_eval(res, spec, leaves)

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -66,6 +67,7 @@ class Local:
     owned: bool  # created by this run (download or export): may be deleted after evaluation
     size: int
     verified: bool  # weights checked against the Hub's sha256 metadata
+    seconds: float | None = None  # how long fetching it took (download or export, and hashing)
 
 
 # ---------------------------------------------------------------- the registry
@@ -371,12 +373,16 @@ class Fetcher:
 
     # one checkpoint ---------------------------------------------------
     def fetch(self, ck: Checkpoint) -> Local:
+        t0 = time.perf_counter()
         if ck.repo_id:
-            return self._download(ck)
-        if ck.export:
-            return self._export(ck)
-        shas = weight_shas(ck.path, ck.own_model)
-        return Local(ck, ck.path, model_sha(shas), owned=False, size=0, verified=False)
+            local = self._download(ck)
+        elif ck.export:
+            local = self._export(ck)
+        else:
+            local = Local(ck, ck.path, model_sha(weight_shas(ck.path, ck.own_model)), owned=False, size=0,
+                          verified=False)
+        local.seconds = time.perf_counter() - t0
+        return local
 
     def _check_budget(self, ck: Checkpoint, need: int, where: Path) -> None:
         if self.max_disk is not None and need > self.max_disk:
@@ -423,9 +429,8 @@ class Fetcher:
         out = self.export_dir / ck.label
         self._check_budget(ck, self.estimate(ck), self.export_dir)
         log.info(f"{ck.label}: exporting {ck.path} to {out}")
-        model = checkpoint.load_model(ck.path)
-        hf.save_hf(model, out, overwrite=True)  # a leftover of a killed run is replaced
-        del model
+        # tensor by tensor (no model in memory next to the one evaluated); a killed run's leftover is replaced
+        checkpoint.export_hf(ck.path, out, overwrite=True)
         return Local(ck, out, model_sha(weight_shas(out)), owned=True, size=dir_size_bytes(out),
                      verified=False)
 

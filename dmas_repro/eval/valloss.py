@@ -94,12 +94,28 @@ def token_bytes() -> np.ndarray:
     return lens
 
 
+ACTIVATION_BUDGET = 512 * 2**20  # bytes of logits and MLP activations one forward pass may hold
+
+
+def windows_per_pass(model, seq_len: int, batch_size: int, budget: int = ACTIVATION_BUDGET) -> int:
+    """`batch_size` windows per forward pass, or fewer (at least one) when their logits (float32, plus the
+    model-dtype copy they are cast from) and MLP activations would exceed `budget` bytes: at the paper's
+    size that is one 1024-token window (262 KB a token), which keeps eval-all within 1.2x the weights;
+    the tiny preset's 8 x 256 tokens fit (422 MB)."""
+    item = next(model.parameters()).element_size()
+    per_token = model.cfg.vocab_size * (4 + (item if item != 4 else 0)) + 3 * model.cfg.ffn_dim * item
+    return max(1, min(batch_size, budget // (per_token * seq_len)))
+
+
 @torch.no_grad()
 def val_loss(model, vt: ValTokens, seq_len: int | None = None, batch_size: int = 8,
              device: str | torch.device = "cpu") -> dict:
     """{"loss", "bpb", "n_tokens", "n_bytes", "seq_len", "windows_sha"} of `model` (our Transformer).
 
-    `seq_len` None: min(1024, the model's context)."""
+    `seq_len` None: min(1024, the model's context). Windows go through the model `batch_size` at a time
+    (fewer for a large model: `windows_per_pass`); each pass's summed cross-entropy is added in float64.
+    The log-softmax is taken in place over the logits, which with `nll_loss` is `F.cross_entropy` bit for
+    bit without its second logits-sized tensor."""
     ctx = model.cfg.context_length
     seq_len = seq_len or min(1024, ctx)
     if seq_len > ctx:
@@ -107,12 +123,17 @@ def val_loss(model, vt: ValTokens, seq_len: int | None = None, batch_size: int =
                         "pass a smaller --val-seq-len")
     windows = vt.windows(seq_len)
     model.eval()
+    step = windows_per_pass(model, seq_len, batch_size)
     total = torch.zeros((), dtype=torch.float64, device=device)  # read once at the end: no sync per batch
-    for i in range(0, len(windows), batch_size):
-        w = torch.from_numpy(windows[i: i + batch_size].astype(np.int64)).to(device)
+    for i in range(0, len(windows), step):
+        w = torch.from_numpy(windows[i: i + step].astype(np.int64)).to(device)
         logits = model(w[:, :-1])[..., :N_VOCAB].float()
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
-                                                   reduction="sum")
+        logits = logits.reshape(-1, logits.shape[-1])
+        if not logits.is_contiguous():
+            logits = logits.contiguous()
+        torch.log_softmax(logits, dim=-1, out=logits)
+        total += torch.nn.functional.nll_loss(logits, w[:, 1:].reshape(-1), reduction="sum")
+        del logits
     total = total.item()
     n_tokens = windows.shape[0] * seq_len
     n_bytes = int(token_bytes()[windows[:, 1:].astype(np.int64)].sum())

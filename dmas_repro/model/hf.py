@@ -21,6 +21,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.files import atomic_dir, check_new_dir
+from .safetensors_io import SafetensorsReader, write_safetensors
 from .tokenizer import ENCODER_JSON, EOT, VOCAB_BPE, hf_tokenizer
 from .transformer import GPT2_VOCAB, ModelConfig, Transformer
 
@@ -60,7 +61,7 @@ def name_map(n_layer: int) -> dict[str, str]:
     return m
 
 
-_VOCAB_ROWS = ("tok_embeddings.weight", "lm_head.weight")
+VOCAB_ROWS = ("tok_embeddings.weight", "lm_head.weight")
 
 
 # ---------------------------------------------------------------- configs
@@ -175,54 +176,61 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
     raise UserError(f"{path}: no {SAFE_SINGLE} or {SAFE_INDEX} (only safetensors weights are read)")
 
 
-def _iter_tensors(files: list[Path]):
-    from safetensors import SafetensorError, safe_open
-
+def _file_tensors(files: list[Path]):
+    """(file, hf_name, shape, copy_into) for every tensor of the files, in file order."""
     for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for key in st.keys():
-                    yield f, key, st.get_tensor(key)
-        except SafetensorError as e:
-            raise UserError(f"{f}: corrupt or truncated safetensors file ({e})") from None
-        except OSError as e:
-            raise UserError(f"{f}: cannot read ({e})") from None
+        with SafetensorsReader(f) as st:
+            for key in st.keys():
+                yield f, key, st.entries[key].shape, lambda out, st=st, key=key: st.read_into(key, out)
+
+
+def _model_tensors(hf_model):
+    for k, v in hf_model.state_dict().items():
+        yield "<model>", k, tuple(v.shape), lambda out, v=v: out.copy_(v)
 
 
 def _load_into(model: Transformer, tensors, source: str) -> None:
-    """Copy (file, hf_name, tensor) items into `model`, padding vocab rows; check completeness."""
+    """Copy (file, hf_name, shape, copy_into) items into `model`, padding vocab rows; check completeness."""
     reverse = {v: k for k, v in name_map(model.cfg.n_layer).items()}
     params = dict(model.named_parameters())
     seen = set()
-    for f, key, t in tensors:
-        if key.endswith("rotary_emb.inv_freq"):
-            continue
-        ours = reverse.get(key)
-        if ours is None:
-            raise UserError(f"{f}: unexpected tensor {key!r} for this architecture")
-        p = params[ours]
-        if ours in _VOCAB_ROWS and t.shape[0] <= p.shape[0] and t.shape[1:] == p.shape[1:]:
-            with torch.no_grad():
-                p[: t.shape[0]].copy_(t)
-                p[t.shape[0] :].zero_()
-        elif t.shape == p.shape:
-            with torch.no_grad():
-                p.copy_(t)
-        else:
-            raise UserError(f"{f}: tensor {key} has shape {list(t.shape)}, config says {list(p.shape)}")
-        seen.add(ours)
-        del t
+    with torch.no_grad():
+        for f, key, shape, copy_into in tensors:
+            if key.endswith("rotary_emb.inv_freq"):
+                continue
+            ours = reverse.get(key)
+            if ours is None:
+                raise UserError(f"{f}: unexpected tensor {key!r} for this architecture")
+            p = params[ours]
+            if ours in VOCAB_ROWS and len(shape) == 2 and shape[0] <= p.shape[0] and shape[1:] == p.shape[1:]:
+                copy_into(p[: shape[0]])  # rows are contiguous: read straight into the parameter
+                p[shape[0]:].zero_()
+            elif shape == tuple(p.shape):
+                copy_into(p)
+            else:
+                raise UserError(f"{f}: tensor {key} has shape {list(shape)}, config says {list(p.shape)}")
+            seen.add(ours)
     missing = sorted(set(params) - seen)
     if missing:
         names = [name_map(model.cfg.n_layer)[m] for m in missing[:3]]
         raise UserError(f"{source}: {len(missing)} tensors missing from the weights, e.g. {names}")
 
 
+def empty_model(cfg: ModelConfig, dtype: torch.dtype | None = None, device="cpu") -> Transformer:
+    """A Transformer with uninitialised parameters allocated once, directly in `dtype` on `device`."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    if dtype is not None:
+        model = model.to(dtype)  # on meta: no memory
+    return model.to_empty(device=device)
+
+
 def from_hf(path_or_model, dtype: torch.dtype | None = None, device="cpu", pad_vocab: bool = True) -> Transformer:
     """Our model from an HF directory (or a LlamaForCausalLM instance).
 
-    Parameters are allocated once (uninitialised) and filled tensor by tensor from the
-    memory-mapped safetensors files, so peak memory is one model plus one tensor.
+    Parameters are allocated once (uninitialised, in `dtype` on `device`) and each is filled by
+    reading its bytes from the safetensors files into it (`safetensors_io`, no memory map), so
+    peak memory is one model plus at most one tensor (a cast or device copy).
     `pad_vocab` pads 50257 rows back to 50304 with zeros (as in training); logits of the
     padding ids are then 0 and `generate` never picks them.
     """
@@ -231,35 +239,61 @@ def from_hf(path_or_model, dtype: torch.dtype | None = None, device="cpu", pad_v
         if not path.is_dir():
             raise UserError(f"{path}: no such model directory")
         cfg = read_config(path, pad_vocab)
-        files = weight_files(path)
-        tensors = _iter_tensors(files)
+        tensors = _file_tensors(weight_files(path))
         source = str(path)
     else:
         hf_model = path_or_model
         cfg = config_from_hf_dict(hf_model.config.to_dict(), "model config", pad_vocab)
-        tensors = (("<model>", k, v) for k, v in hf_model.state_dict().items())
+        tensors = _model_tensors(hf_model)
         source = "model"
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model = model.to_empty(device=device)
-    if dtype is not None:
-        model = model.to(dtype)
+    model = empty_model(cfg, dtype, device)
     _load_into(model, tensors, source)
     return model
 
 
-# ---------------------------------------------------------------- saving
-def hf_state_dict(model: Transformer, dtype: torch.dtype | None = None, vocab_size: int = GPT2_VOCAB) -> dict:
+def as_transformers(model: Transformer, hf_dir: str | os.PathLike | None = None):
+    """A transformers `LlamaForCausalLM` that shares `model`'s parameters (no copy, same device and
+    dtype): one set of weights serves both our code and lm-eval.
+
+    With `hf_dir`, its config.json and generation_config.json are used, exactly as
+    `from_pretrained(hf_dir)` would (the model's vocabulary must then be the directory's, i.e.
+    loaded with `pad_vocab=False`); otherwise the config is derived from ours.
+    """
+    from transformers import AutoConfig, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    if hf_dir is not None:
+        hf_cfg = AutoConfig.from_pretrained(str(hf_dir))
+    else:
+        hf_cfg = LlamaConfig(**config_to_hf_dict(model.cfg, vocab_size=model.cfg.vocab_size))
+    if hf_cfg.vocab_size != model.cfg.vocab_size:
+        raise ValueError(f"config vocab {hf_cfg.vocab_size} != model vocab {model.cfg.vocab_size} "
+                         "(load with pad_vocab=False)")
+    hf_cfg.dtype = dtype
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(hf_cfg)
     names = name_map(model.cfg.n_layer)
-    sd = {}
-    for ours, p in model.state_dict().items():
-        t = p.detach()
-        if ours in _VOCAB_ROWS:
-            t = t[:vocab_size]
-        if dtype is not None:
-            t = t.to(dtype)
-        sd[names[ours]] = t.contiguous().cpu()
-    return sd
+    hf.load_state_dict({names[k]: v for k, v in model.state_dict().items()}, assign=True, strict=True)
+    if hasattr(hf.model, "rotary_emb"):  # its buffers were made on meta: build it again, as from_pretrained does
+        hf.model.rotary_emb = type(hf.model.rotary_emb)(config=hf_cfg).to(device)
+    if hf_dir is not None and (Path(hf_dir) / "generation_config.json").is_file():
+        hf.generation_config = GenerationConfig.from_pretrained(str(hf_dir))
+    return hf.eval()
+
+
+# ---------------------------------------------------------------- saving
+def _hf_views(model: Transformer, vocab_size: int = GPT2_VOCAB) -> dict:
+    """HF name -> the parameter itself (vocab rows sliced): views, no copies, on the model's device."""
+    names = name_map(model.cfg.n_layer)
+    return {names[ours]: (p.detach()[:vocab_size] if ours in VOCAB_ROWS else p.detach())
+            for ours, p in model.state_dict().items()}
+
+
+def hf_state_dict(model: Transformer, dtype: torch.dtype | None = None, vocab_size: int = GPT2_VOCAB) -> dict:
+    """The HF state dict as CPU tensors (vocab sliced to `vocab_size`; cast to `dtype`)."""
+    return {k: (t if dtype is None else t.to(dtype)).contiguous().cpu()
+            for k, t in _hf_views(model, vocab_size).items()}
 
 
 def to_hf(model: Transformer, dtype: torch.dtype | None = None):
@@ -288,42 +322,42 @@ def save_hf(
 ) -> Path:
     """Write an HF directory that `AutoModelForCausalLM`/`AutoTokenizer` load offline.
 
+    Shards are cut by `huggingface_hub.split_torch_state_dict_into_shards` (as `save_pretrained`
+    does) and written tensor by tensor (`safetensors_io.write_safetensors`): the export holds no
+    second copy of the weights, not even when it casts them (--dtype bfloat16 of a float32 model).
     Written into a temporary sibling and renamed into place: an interrupted export never
     leaves a half-written directory behind. `out_dir` must be new or empty; with `overwrite`,
     an earlier export (`is_export_dir`) is replaced in one atomic step. Anything else there is
     refused (`UserError`) before any work; a full disk is `DiskFull`, and the old export stays.
     """
-    from safetensors.torch import save_file
+    views = _hf_views(model)  # the parameters themselves (vocab rows sliced), not copies
+    out_dtype = dtype or next(iter(views.values())).dtype
+    return write_hf_dir(model.cfg, {k: tuple(t.shape) for k, t in views.items()}, out_dtype,
+                         lambda name: views[name].to(device="cpu", dtype=out_dtype).contiguous(), out_dir,
+                         max_shard_bytes, overwrite)
+
+
+def write_hf_dir(cfg: ModelConfig, shapes: dict, out_dtype: torch.dtype, tensor, out_dir,
+                 max_shard_bytes: int = MAX_SHARD_BYTES, overwrite: bool = False) -> Path:
+    """An HF directory (atomically) of the tensors `shapes` names (HF name -> shape), each asked of
+    `tensor(name)` when it is written, in `out_dtype`; config, generation config, tokenizer files.
+    `out_dir` must be new or empty; with `overwrite`, an earlier export is replaced (`save_hf`)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
 
     out_dir = Path(out_dir)
     check_new_dir(out_dir, **export_target(overwrite))  # before any work
-    sd = hf_state_dict(model, dtype)
-    out_dtype = next(iter(sd.values())).dtype
+    sizing = {k: torch.empty(s, dtype=out_dtype, device="meta") for k, s in shapes.items()}
+    split = split_torch_state_dict_into_shards(sizing, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_bytes)
     with atomic_dir(out_dir, **export_target(overwrite)) as tmp:
-        shards: list[dict] = [{}]
-        size = 0
-        for name, t in sd.items():
-            nbytes = t.numel() * t.element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][name] = t
-            size += nbytes
-        meta = {"format": "pt"}
-        if len(shards) == 1:
-            save_file(shards[0], str(tmp / SAFE_SINGLE), metadata=meta)
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards, 1):
-                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(tmp / fname), metadata=meta)
-                weight_map.update({k: fname for k in shard})
-            total = sum(t.numel() * t.element_size() for t in sd.values())
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        for fname, names in split.filename_to_tensors.items():
+            write_safetensors(tmp / fname, {k: (out_dtype, shapes[k]) for k in names}, tensor, {"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
-        cfg = config_to_hf_dict(model.cfg)
-        cfg["torch_dtype"] = _torch_dtype_name(out_dtype)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        hf_cfg = config_to_hf_dict(cfg)
+        hf_cfg["torch_dtype"] = _torch_dtype_name(out_dtype)
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n")
         gen = {"bos_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         write_tokenizer_files(tmp)

@@ -56,28 +56,65 @@ def read_model_config(path: str | os.PathLike) -> ModelConfig:
 
 
 def load_model(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
-    """Load a model saved by `save_model_files` (a training checkpoint or an import-hf output)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load a model saved by `save_model_files` (a training checkpoint or an import-hf output).
+
+    The parameters are allocated once, in `dtype` on `device`, and filled by reading the file into
+    them (`safetensors_io`): peak memory is the model plus at most one tensor."""
+    from .hf import empty_model
+    from .safetensors_io import SafetensorsReader
 
     path = Path(path)
     cfg = read_model_config(path)
     f = path / WEIGHTS
-    try:
-        sd = load_file(str(f), device=str(device))
-    except FileNotFoundError:
-        raise UserError(f"{f}: missing") from None
-    except SafetensorError as e:
-        raise UserError(f"{f}: corrupt or truncated safetensors file ({e})") from None
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    try:
-        model.load_state_dict(sd, strict=True, assign=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{f}: weights do not match {MODEL_CONFIG} ({first})") from None
-    model = model.to(device)
-    return model.to(dtype) if dtype is not None else model
+    if not f.is_file():
+        raise UserError(f"{f}: missing")
+    model = empty_model(cfg, dtype, device)
+    params = dict(model.named_parameters())
+    with SafetensorsReader(f) as st:
+        names = st.keys()
+        unexpected = sorted(set(names) - set(params))
+        missing = sorted(set(params) - set(names))
+        if unexpected or missing:
+            what = (f"missing {missing[:3]}" if missing else "") + ("; " if missing and unexpected else "") + (
+                f"unexpected {unexpected[:3]}" if unexpected else "")
+            raise UserError(f"{f}: weights do not match {MODEL_CONFIG} ({what})")
+        for name in names:
+            if st.entries[name].shape != tuple(params[name].shape):
+                raise UserError(f"{f}: weights do not match {MODEL_CONFIG} (tensor {name} has shape "
+                                f"{list(st.entries[name].shape)}, the config gives {list(params[name].shape)})")
+            st.read_into(name, params[name])
+    return model
+
+
+def export_hf(src: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype | None = torch.float32,
+              overwrite: bool = False) -> Path:
+    """`hf.save_hf(load_model(src), ...)` without loading the model: our model files (a training
+    checkpoint or an import-hf output) converted to an HF directory one tensor at a time (renamed,
+    vocab rows sliced, cast), so memory stays at one tensor whatever the model's size. The files are
+    byte for byte those `hf.save_hf` writes; `overwrite` as there."""
+    from . import hf
+    from .safetensors_io import SafetensorsReader
+    from .transformer import GPT2_VOCAB
+
+    src = Path(src)
+    cfg = read_model_config(src)
+    names = hf.name_map(cfg.n_layer)
+    with SafetensorsReader(src / WEIGHTS) as st:
+        if set(st.keys()) != set(names):
+            raise UserError(f"{src / WEIGHTS}: tensors do not match the model config "
+                            f"({len(st.keys())} tensors, the config has {len(names)})")
+        ours_of = {v: k for k, v in names.items()}
+        shapes = {}
+        for ours, theirs in names.items():
+            shape = st.entries[ours].shape
+            shapes[theirs] = (min(shape[0], GPT2_VOCAB), *shape[1:]) if ours in hf.VOCAB_ROWS else shape
+        out_dtype = dtype or st.entries[next(iter(names))].dtype
+
+        def tensor(name):
+            t = st.read(ours_of[name])[: shapes[name][0]] if ours_of[name] in hf.VOCAB_ROWS else st.read(ours_of[name])
+            return t.to(out_dtype).contiguous()
+
+        return hf.write_hf_dir(cfg, shapes, out_dtype, tensor, out_dir, overwrite=overwrite)
 
 
 def _is_hf_config(f: Path) -> bool:

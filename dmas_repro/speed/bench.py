@@ -24,12 +24,13 @@ import logging
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core import runtime
 from ..core.config import opt
 from ..core.errors import UserError
+from .common import command_line, parse_overrides  # noqa: F401 (parse_overrides: part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +92,6 @@ class TrainBenchConfig:
         if name not in runtime.TRAIN_DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
         return name
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """`key=value` strings -> ModelConfig overrides with the field's type."""
-    from ..model.transformer import ModelConfig
-
-    types = {f.name: f.type for f in fields(ModelConfig)}
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--model {item!r}: expected key=value")
-        if key not in types:
-            raise UserError(f"--model {key!r}: unknown model field; known: {sorted(types)}")
-        try:
-            out[key] = float(value) if types[key] in ("float", float) else int(value)
-        except ValueError:
-            raise UserError(f"--model {item!r}: {value!r} is not a number") from None
-    return out
 
 
 # ---------------------------------------------------------------- memory
@@ -386,7 +368,7 @@ def run_train_bench(bc: TrainBenchConfig) -> dict:
         "config": {**asdict(bc), "variants": list(bc.variants), "seq_len": T, "dtype": dtype_name,
                    "device": device, "model_config": cfg.to_dict(),
                    "offload_idle": offload},
-        "command": _command_line(),
+        "command": command_line(),
         "machine": {**machine, "load_avg_1m_end": runtime.load_average()},
         "params": params,
         "tokens_per_step": tokens_per_step,
@@ -425,28 +407,6 @@ def format_train(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _command_line() -> str:
-    import shlex
-    import sys
-
-    prog = sys.argv[0]
-    if Path(prog).name == "__main__.py":
-        prog = "python -m dmas_repro"
-    elif Path(prog).name == "dmas-repro":
-        prog = "dmas-repro"
-    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
-
-
-def write_json(path: str | None, obj: dict) -> None:
-    if not path:
-        return
-    from ..core.files import atomic_write_text
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
-
-
 # ---------------------------------------------------------------- the evaluation benchmark
 @dataclass
 class EvalBenchConfig:
@@ -464,7 +424,11 @@ class EvalBenchConfig:
     lmeval_batch_sizes: tuple[int, ...] = opt((1, 8, 32), "comma list of batch sizes", parse=_pos_ints)
     hellaswag_limit: int = opt(50, "items of the bundled HellaSwag slice (lm-eval, offline)")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
-    parts: tuple[str, ...] = opt(("val", "lmeval"), "comma list: val, lmeval", parse=_variants)
+    parts: tuple[str, ...] = opt(("val", "lmeval"), "comma list: val, lmeval, compare (eval-all-checkpoints side "
+                                 "by side with a direct lm-eval call)", parse=_variants)
+    compare_batch_size: int = opt(8, "compare: lm-eval batch size of both (eval-all's CPU default)")
+    compare_rounds: int = opt(2, "compare: rounds, each running lm-eval alone and then eval-all once")
+    probe_max_new_tokens: int = opt(64, "compare: tokens per probe generation (eval-all's default)")
     seed: int = opt(1337, "seed of the random init and tokens")
 
 
@@ -479,13 +443,13 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
     from ..model import weights as checkpoint
     from ..model.transformer import Transformer, preset
 
-    bad = [p for p in ec.parts if p not in ("val", "lmeval")]
+    bad = [p for p in ec.parts if p not in ("val", "lmeval", "compare")]
     if bad or not ec.parts:
-        raise UserError(f"--parts {','.join(ec.parts)}: choose from val,lmeval")
+        raise UserError(f"--parts {','.join(ec.parts)}: choose from val,lmeval,compare")
     device = TrainBenchConfig(device=ec.device).resolved_device()
     if ec.threads:
         torch.set_num_threads(ec.threads)
-    out: dict = {"benchmark": "eval", "config": {**asdict(ec), "device": device}, "command": _command_line(),
+    out: dict = {"benchmark": "eval", "config": {**asdict(ec), "device": device}, "command": command_line(),
                  "machine": runtime.machine_info(device)}
     with tempfile.TemporaryDirectory(prefix="dmas-bench-eval-") as tmp:
         src = Path(ec.checkpoint) if ec.checkpoint else None
@@ -554,10 +518,11 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
 
             tm = benchmarks.task_manager(["hellaswag_dev"])
             spec = TaskSpec("hellaswag_dev", 0, ec.hellaswag_limit)
+            model = hf.from_hf(hf_dir, dtype=runtime.torch_dtype(dtype), device=device, pad_vocab=False).eval()
             rows = []
             for bs in ec.lmeval_batch_sizes:
                 t0 = time.perf_counter()
-                lm = benchmarks.load_lm(hf_dir, device, dtype, bs)
+                lm = benchmarks.load_lm(model, hf_dir, bs)
                 load_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 res = benchmarks.evaluate_task(lm, spec, tm)
@@ -571,11 +536,68 @@ def run_eval_bench(ec: EvalBenchConfig) -> dict:
                 log.info(f"  lm-eval   batch {bs:>3}: {dt:7.2f}s for {len(items)} items, {n_req / dt:8.1f} "
                     f"log-likelihood requests/s (load {load_s:.1f}s)")
                 del lm
+            del model
             out["lmeval"] = {"task": "hellaswag_dev", "limit": ec.hellaswag_limit, "dtype": dtype,
-                             "backend": "lm-eval HFLM", "by_batch_size": rows,
+                             "backend": "lm-eval HFLM on the loaded model", "by_batch_size": rows,
                              "best_batch_size": max(rows, key=lambda x: x["requests_per_s"])["batch_size"]}
+        if "compare" in ec.parts:
+            out["compare"] = compare_with_lm_eval(ec, src, hf_dir, device, dtype, Path(tmp))
     out["machine"]["load_avg_1m_end"] = runtime.load_average()
     return out
+
+
+def compare_with_lm_eval(ec: EvalBenchConfig, src: Path, hf_dir: Path, device: str, dtype: str, tmp: Path) -> dict:
+    """eval-all-checkpoints on one checkpoint next to a direct `lm_eval.simple_evaluate(model="hf",
+    pretrained=<its HF directory>)` on the same task, limit, batch size, device and dtype, in turns,
+    `compare_rounds` times in this process: the benchmark unit's seconds against lm-eval's, whether their
+    numbers are equal, and every other phase of eval-all's per-checkpoint work (from OUT/timings/)."""
+    import lm_eval
+
+    from ..eval import driver
+    from ..eval import harness as benchmarks
+
+    task, limit, bs = "hellaswag_dev", ec.hellaswag_limit, ec.compare_batch_size
+    tm = benchmarks.task_manager([task])
+    val_dir = ec.val_data or ("data/bundled" if Path("data/bundled/manifest.json").is_file() else None)
+    parts = ("benchmarks", "val_loss", "probes") if val_dir else ("benchmarks", "probes")
+    rounds = []
+    for r in range(ec.compare_rounds):
+        runtime.synchronize(device)
+        t0 = time.perf_counter()
+        direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": dtype},
+                                         tasks=[task], limit=limit, batch_size=bs, device=device, task_manager=tm,
+                                         log_samples=True)
+        lm_eval_s = time.perf_counter() - t0
+        store = tmp / f"compare-{r}"
+        cfg = driver.EvalConfig(checkpoints=(str(src),), suite="offline", tasks=(task,), limit=limit, device=device,
+                                dtype=dtype, batch_size=str(bs), parts=parts, out=str(store), val_data=val_dir,
+                                val_tokens=ec.val_tokens, val_seq_len=ec.val_seq_len,
+                                probe_max_new_tokens=ec.probe_max_new_tokens)
+        t0 = time.perf_counter()
+        if driver.run(cfg) != 0:
+            raise RuntimeError(f"eval-all-checkpoints failed in {store}")
+        eval_all_s = time.perf_counter() - t0
+        (timing,) = [json.loads(f.read_text()) for f in (store / "timings").glob("*.json")]
+        sec = timing["seconds"]
+        import pandas as pd
+
+        df = pd.read_csv(store / "results.csv").set_index(["task", "metric"])
+        want = direct["results"][task]
+        same = all(float(df.loc[(task, m), "value"]) == float(want[f"{m},none"]) for m in ("acc", "acc_norm"))
+        unit = sec.get("load", 0) + sec.get("lm_eval_setup", 0) + sec[task]
+        rounds.append({"lm_eval_s": lm_eval_s, "eval_all_s": eval_all_s, "benchmark_unit_s": unit,
+                       "task_s": sec[task], "phases_s": sec, "same_numbers": same,
+                       "peak_memory_bytes": max(timing["peak_memory_bytes"].values())})
+        log.info(f"  compare round {r}: lm-eval alone {lm_eval_s:.2f}s, eval-all's benchmark unit {unit:.2f}s "
+                 f"(task {sec[task]:.2f}s), whole checkpoint {sum(sec.values()):.2f}s; same numbers: {same}")
+    best = min(rounds, key=lambda x: x["benchmark_unit_s"])
+    best_direct = min(x["lm_eval_s"] for x in rounds)
+    return {"task": task, "limit": limit, "batch_size": bs, "dtype": dtype, "parts": list(parts),
+            "probe_max_new_tokens": ec.probe_max_new_tokens, "rounds": rounds,
+            "lm_eval_s": best_direct, "benchmark_unit_s": best["benchmark_unit_s"],
+            "ratio_unit_vs_lm_eval": best["benchmark_unit_s"] / best_direct,
+            "seconds_per_checkpoint": min(sum(x["phases_s"].values()) for x in rounds),
+            "same_numbers": all(x["same_numbers"] for x in rounds)}
 
 
 def fused_val_loss(model, windows, batch_size: int, device) -> float:
@@ -608,12 +630,26 @@ def format_eval(res: dict) -> str:
     if "lmeval" in res:
         b = max(res["lmeval"]["by_batch_size"], key=lambda x: x["requests_per_s"])
         lines.append(f"lm-eval hellaswag_dev: best {b['requests_per_s']:.1f} requests/s at batch {b['batch_size']}")
+    if "compare" in res:
+        c = res["compare"]
+        lines.append(f"{c['task']} (limit {c['limit']}, batch {c['batch_size']}): lm-eval alone {c['lm_eval_s']:.2f}s, "
+                     f"eval-all's benchmark unit {c['benchmark_unit_s']:.2f}s "
+                     f"(ratio {c['ratio_unit_vs_lm_eval']:.2f}), "
+                     f"same numbers: {c['same_numbers']}; eval-all per checkpoint {c['seconds_per_checkpoint']:.2f}s")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- markdown for BENCHMARKS.md
 def markdown(res: dict) -> str:
-    """A BENCHMARKS.md section for one result JSON (train or eval)."""
+    """A BENCHMARKS.md section for one result JSON (train, eval, release or prepare)."""
+    if res.get("benchmark") == "release":
+        from .release import markdown as release_markdown
+
+        return release_markdown(res)
+    if res.get("benchmark") == "prepare":
+        from .prepare_bench import markdown as prepare_markdown
+
+        return prepare_markdown(res)
     m = res["machine"]
     where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} torch thread{'s' if m['cpu_threads'] != 1 else ''}"
     versions = f"torch {m['torch']}, transformers {m.get('transformers', '-')}, Python {m['python']}"
@@ -669,7 +705,28 @@ def markdown(res: dict) -> str:
         lines += [f"| {r['batch_size']} | {r['load_s']:.1f} | {r['seconds']:.2f} | {r['requests_per_s']:.1f} | "
                   f"{r['items_per_s']:.2f} | {r['acc_norm'] if r['acc_norm'] is None else round(r['acc_norm'], 4)} |"
                   for r in e["by_batch_size"]]
+    if "compare" in res:
+        c = res["compare"]
+        phases = sorted({k for r in c["rounds"] for k in r["phases_s"]}, key=lambda k: _PHASE_ORDER.get(k, 50))
+        lines += ["", f"eval-all-checkpoints next to a direct `lm_eval.simple_evaluate(model=\"hf\", pretrained=DIR)` "
+                  f"on `{c['task']}` (first {c['limit']} items, batch {c['batch_size']}, {c['dtype']}), in turns "
+                  f"in one process; eval-all's units: {', '.join(c['parts'])} (probes: "
+                  f"{c['probe_max_new_tokens']} new tokens):", "",
+                  "| round | lm-eval alone s | eval-all benchmark unit s (load + HFLM + task) | same numbers | "
+                  + " | ".join(f"{p} s" for p in phases) + " | eval-all per checkpoint s |",
+                  "|---:|---:|---:|---|" + "---:|" * len(phases) + "---:|"]
+        for i, r in enumerate(c["rounds"]):
+            lines.append(f"| {i} | {r['lm_eval_s']:.2f} | {r['benchmark_unit_s']:.2f} | {r['same_numbers']} | "
+                         + " | ".join(f"{r['phases_s'].get(p, 0):.2f}" for p in phases)
+                         + f" | {sum(r['phases_s'].values()):.2f} |")
+        lines += ["", f"Best of the rounds: **benchmark unit / lm-eval alone = {c['ratio_unit_vs_lm_eval']:.2f}**; "
+                  f"eval-all per checkpoint {c['seconds_per_checkpoint']:.2f} s (fetch: background download or "
+                  "export, overlapped with the previous checkpoint; fetch_wait: the part of it the run waited for)."]
     return "\n".join(lines) + "\n"
+
+
+_PHASE_ORDER = {"fetch": 0, "fetch_wait": 1, "check": 2, "load": 3, "lm_eval_setup": 4, "val_loss": 60,
+                "probes": 61, "consolidate": 62, "release": 63}
 
 
 def report(json_files: list[str]) -> str:

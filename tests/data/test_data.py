@@ -80,6 +80,7 @@ def test_prepare_interrupted_then_rerun_gives_identical_shards(tmp_path, monkeyp
             raise KeyboardInterrupt
 
     monkeypatch.setattr(prep, "_save_progress", crash_after_two)
+    monkeypatch.setattr(prep, "PROGRESS_EVERY_S", 0.0)  # a resume point after every chunk that made a shard
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(_cfg(src), tmp_path / "run", progress=False)
     assert (tmp_path / "run" / shards.PROGRESS).is_file() and not (tmp_path / "run" / shards.MANIFEST).exists()
@@ -279,3 +280,27 @@ def test_validation_set_fixed_in_tokens_for_any_micro_batch_and_world_size():
     # 3 micro-batches of 2 on 2 ranks: rank 1 gets micro-batch 1, then micro-batch 0 again, not counted
     r1 = list(eval_batches(tokens, 8, 6, 2, rank=1, world_size=2))
     assert [(int(x[0, 0]) // 8, c) for x, _, c in r1] == [(2, True), (0, False)]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_non_utf8_text_ends_in_one_line_naming_the_file(tmp_path, capsys, num_proc):
+    """A binary or non-UTF-8 .txt / .jsonl: one line that names the file, exit 2, never a UnicodeDecodeError
+    (with worker processes the documents are read by the pool's feeder thread)."""
+    good = "a sentence of plain text that tokenizes fine\n" * 40
+    cases = {"latin1.txt": (good + "caf\xe9 au lait\n").encode("latin-1"),
+             "binary.txt": bytes(range(256)) * 8,
+             "records.jsonl": json.dumps({"text": "ok"}).encode() + b"\n" + b'{"text": "\xff\xfe"}\n'}
+    for name, data in cases.items():
+        src = tmp_path / name
+        src.write_bytes(data)
+        out = tmp_path / f"out-{name}"
+        rc = main(["prepare-data", "--source", str(src), "--out", str(out), "--num-proc", str(num_proc),
+                   "--shard-tokens", "50", "--val-tokens", "10", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert f"{src}: not UTF-8 text" in err[0] and "Traceback" not in err[0]
+    # a JSON value that is not text is named too
+    src = tmp_path / "numbers.jsonl"
+    src.write_text('{"text": 5}\n')
+    with pytest.raises(UserError, match=r"numbers.jsonl:1: field 'text' is a int"):
+        prep.prepare(_cfg(src, num_proc=num_proc), tmp_path / "n", progress=False)

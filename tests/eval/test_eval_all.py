@@ -424,8 +424,9 @@ def test_probe_fluency_measures_and_instruct_prompts():
     assert {p["category"] for p in prompts} == {"knowledge", "reasoning", "continuation", "instruction"}
     assert len({p["id"] for p in prompts}) == len(prompts)
     assert probes.prompt_text(prompts[0], "base") == prompts[0]["prompt"]
-    sft = pytest.importorskip("dmas_repro.sft")  # the SFT stage's chat format
-    assert probes.prompt_text(prompts[0], "instruct") == sft.chat_prompt(prompts[0]["instruction"])
+    from dmas_repro.model.chat_format import chat_prompt  # the SFT stage's chat format
+
+    assert probes.prompt_text(prompts[0], "instruct") == chat_prompt(prompts[0]["instruction"])
 
 
 def test_task_groups_and_include_path(world, tmp_path):

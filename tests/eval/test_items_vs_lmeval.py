@@ -216,7 +216,9 @@ def world(tmp_path_factory):
     hf.save_hf(build(CFG), root / "model")
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # two cores shared with other jobs: one thread is faster for this tiny model
-    lm = harness.load_lm(root / "model", "cpu", "float32", 8)
+    # the model as eval-all-checkpoints hands it to lm-eval: loaded once by us, parameters shared
+    model = hf.from_hf(root / "model", dtype=torch.float32, pad_vocab=False).eval()
+    lm = harness.load_lm(model, root / "model", 8)
     with pytest.MonkeyPatch.context() as mp:
         # simple_evaluate's environment report (torch's collect_env runs `pip list`: ~3 s a call) is not
         # part of any number compared here
