@@ -12,6 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# ---------------------------------------------------------------- data for the training tests
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """20,000 tokens of the bundled corpora prepared once per session (read only: copy it to change it)."""
+    from dmas_repro.data import prepare as prep
+
+    d = tmp_path_factory.mktemp("data") / "bundled"
+    prep.prepare(prep.PrepareConfig(source="bundled", max_tokens=20_000, val_tokens=2_000), d, progress=False)
+    return d
+
+
 # ---------------------------------------------------------------- the embedded default pipeline
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory) -> Path:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from micro import micro
 
 from dmas_repro.cli import main
 from dmas_repro.core.errors import UserError
-from dmas_repro.data import prepare as prep
 from dmas_repro.model import hf
 from dmas_repro.model import weights as checkpoint
 from dmas_repro.model.transformer import ModelConfig, Transformer
@@ -25,19 +25,13 @@ from dmas_repro.train import layout
 from dmas_repro.train.layout import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-# A one-layer model of the tiny family on 16-token windows (as tests/train/test_train.py): steps take ms.
-MICRO = ["model.n_layer=1", "model.dim=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_dim=64",
-         "model.context_length=32", "seq_len=16", "micro_batch=4", "global_batch_tokens=256",
-         "total_steps=8", "warmup_steps=2", "lr=1e-2", "min_lr=1e-3", "log_every=1", "val_every=3",
-         "val_tokens=128", "sample_every=0", "ckpt_every=2", "milestones=none", "export_hf=false",
-         "prepare_data_if_missing=false", "keep_last=2"]
+# The one-layer member of the tiny family (tests/micro.py), checkpointing every 2 steps.
+MICRO = micro(val_tokens=128, ckpt_every=2, keep_last=2)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data") / "bundled"
-    prep.prepare(prep.PrepareConfig(source="bundled", max_tokens=20_000, val_tokens=2_000), d, progress=False)
-    return d
+@pytest.fixture
+def data(tiny_data) -> Path:
+    return tiny_data
 
 
 def _train(out: Path, data: Path, *extra: str) -> int:
@@ -162,6 +156,13 @@ def test_out_naming_a_file_is_refused_before_any_work(data, tmp_path, capsys):
         assert main(cmd) == 2, cmd
         _one_error(capsys.readouterr().err, str(f), "a file")
     assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_unknown_data_source_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "d1"
+    assert main(["prepare-data", "--source", "nosuch", "--out", str(out)]) == 2
+    _one_error(capsys.readouterr().err, "unknown data source 'nosuch'")
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- no pickle from a run directory

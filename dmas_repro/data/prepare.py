@@ -381,8 +381,8 @@ def prepare(cfg: PrepareConfig, out_dir: str | os.PathLike, progress: bool | Non
         if man.get("config") == cfg.fingerprint():
             return man
         raise UserError(f"{out}: already holds data prepared with other settings; use another --out")
+    source = open_source(cfg)  # an unknown source is refused before --out is created
     out.mkdir(parents=True, exist_ok=True)
-    source = open_source(cfg)
     stream_state, splits, gen = _load_progress(out, cfg)
     train, val = splits["train"], splits["val"]
     writer = _Writer(out, cfg.shard_tokens)

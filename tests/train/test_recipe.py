@@ -6,16 +6,15 @@ layout for any world size, the validation set fixed in tokens."""
 import contextlib
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from micro import micro
 
 from dmas_repro.cli import main
 from dmas_repro.core.errors import UserError
-from dmas_repro.data import prepare as prep
 from dmas_repro.model import weights as checkpoint
 from dmas_repro.model.tokenizer import gpt2
 from dmas_repro.model.transformer import ModelConfig, build
@@ -25,18 +24,9 @@ from dmas_repro.train import in_loop, layout, loop
 from dmas_repro.train.layout import read_metrics
 from dmas_repro.train.plan import format_plan, plan
 
-MICRO = ["model.n_layer=1", "model.dim=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_dim=64",
-         "model.context_length=32", "seq_len=16", "micro_batch=4", "global_batch_tokens=256",
-         "total_steps=8", "warmup_steps=2", "lr=1e-2", "min_lr=1e-3", "log_every=1", "val_every=0",
-         "val_tokens=160", "sample_every=0", "ckpt_every=0", "milestones=none", "export_hf=false",
-         "prepare_data_if_missing=false", "keep_last=2"]
+MICRO = micro(val_every=0, ckpt_every=0, keep_last=2)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data") / "bundled"
-    prep.prepare(prep.PrepareConfig(source="bundled", max_tokens=20_000, val_tokens=2_000), d, progress=False)
-    return d
 
 
 def _cfg(data, *extra) -> tconfig.TrainConfig:
@@ -145,13 +135,13 @@ def test_validation_set_fixed_in_tokens_in_the_loop(tiny_data, tmp_path):
     """(The windows themselves: tests/data/test_data.py.)"""
     # an identical model (step 0) gives the same validation loss at micro 8 and micro 4 (the issue's case)
     rows = {}
-    for micro in (8, 4):
-        out = tmp_path / f"micro{micro}"
-        loop.run(_cfg(tiny_data, f"micro_batch={micro}", "max_steps=2", "val_tokens=384"), out)
-        rows[micro] = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val"]
+    for mb in (8, 4):
+        out = tmp_path / f"mb{mb}"
+        loop.run(_cfg(tiny_data, f"micro_batch={mb}", "max_steps=2", "val_tokens=384"), out)
+        rows[mb] = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val"]
     assert rows[8][0]["step"] == 0 and rows[8][0]["val_loss_tokens"] == rows[4][0]["val_loss_tokens"] == 384
     assert rows[8][0]["val_loss"] == pytest.approx(rows[4][0]["val_loss"], abs=1e-6)
-    start = [r for r in read_metrics(tmp_path / "micro4" / "metrics.jsonl") if r.get("event") == "start"][0]
+    start = [r for r in read_metrics(tmp_path / "mb4" / "metrics.jsonl") if r.get("event") == "start"][0]
     assert start["val_loss_tokens"] == 384 and start["val_windows"] == 24
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from micro import micro
 
 from dmas_repro.cli import main
 from dmas_repro.core.errors import UserError
-from dmas_repro.data import prepare as prep
 from dmas_repro.data import shards
 from dmas_repro.model import weights as checkpoint
 from dmas_repro.model.released import released_steps
@@ -29,18 +29,9 @@ from dmas_repro.train.layout import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 # A one-layer model of the tiny family on 16-token windows: a step takes milliseconds.
-MICRO = ["model.n_layer=1", "model.dim=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_dim=64",
-         "model.context_length=32", "seq_len=16", "micro_batch=4", "global_batch_tokens=256",
-         "total_steps=8", "warmup_steps=2", "lr=1e-2", "min_lr=1e-3", "log_every=1", "val_every=3",
-         "val_tokens=160", "sample_every=0", "ckpt_every=0", "milestones=none", "export_hf=false",
-         "prepare_data_if_missing=false", "keep_last=3"]
+MICRO = micro()
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data") / "bundled"
-    prep.prepare(prep.PrepareConfig(source="bundled", max_tokens=20_000, val_tokens=2_000), d, progress=False)
-    return d
 
 
 def _cfg(tiny_data, *extra) -> tconfig.TrainConfig:
