@@ -147,10 +147,14 @@ def _check_config(cfg, spec: LoraSpec, source: str) -> None:
 
 def read_peft_metadata(adapter_dir: str | Path) -> dict[str, str]:
     """The safetensors header metadata of a saved adapter file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(Path(adapter_dir) / ADAPTER_WEIGHTS), framework="pt") as f:
-        return dict(f.metadata() or {})
+    f = Path(adapter_dir) / ADAPTER_WEIGHTS
+    try:
+        with safe_open(str(f), framework="pt") as st:
+            return dict(st.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{f}: unreadable adapters ({e})") from None
 
 
 def load_peft_adapters(model: torch.nn.Module, adapter_dir: str | Path, spec: LoraSpec, device=None) -> None:

@@ -145,6 +145,9 @@ def test_resume_reads_the_earlier_adapter_format_bit_for_bit(hf_base, tmp_path):
                            ("lora_targets=wq,wv", "lora_targets")):
         with pytest.raises(UserError, match=needle):
             sft.run_sft(str(hf_base), tmp_path / "b", "tiny", [*FAST, change], max_steps=5, resume=True)
+    (resumed.checkpoint / lora.ADAPTER_WEIGHTS).write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="unreadable adapters"):
+        sft.run_sft(str(hf_base), tmp_path / "b", "tiny", FAST, max_steps=5, resume=True)
     (resumed.checkpoint / lora.ADAPTER_WEIGHTS).unlink()
     with pytest.raises(UserError, match="no LoRA adapters"):
         sft.run_sft(str(hf_base), tmp_path / "b", "tiny", FAST, max_steps=5, resume=True)
