@@ -5,6 +5,6 @@
 - `weights`: our model files (model.safetensors + model_config.json) and loading any model directory.
 - `hf`: conversion to and from transformers' `LlamaForCausalLM` directories (the released format).
 - `hub`: downloads from the Hugging Face Hub.
-- `lora`: LoRA adapters through peft, merged from a state dict.
+- `lora`: LoRA adapters through peft, merged from a state dict, saved and read in peft's format for the HF model.
 - `chat_format`: the Vicuna 1.1 prompt the instruct model was tuned with.
 """

@@ -5,6 +5,7 @@
     RUN/checkpoints/step_XXXXXXXX/     one checkpoint (contents: `dmas_repro.train.checkpointer`)
     RUN/hf/                            the final checkpoint as a transformers LlamaForCausalLM directory
     RUN/sft/                           the instruction-tuning stage: a run directory of its own
+    RUN/sft/adapter/                   a LoRA stage's final adapters in peft's format (for the base's HF export)
 
 Everything that reads a run (evaluation sources, chat, the SFT stage, analysis, figures) goes
 through these functions, so the rules are the same everywhere: a checkpoint is "complete" when its
@@ -28,6 +29,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 HF = "hf"
 SFT = "sft"
+ADAPTER = "adapter"  # in an SFT run: the final LoRA adapters, peft format
 TENSORBOARD = "tensorboard"
 # inside a checkpoint directory
 TRAINER_STATE = "trainer_state.json"

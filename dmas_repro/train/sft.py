@@ -158,15 +158,32 @@ def base_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-LORA_ADAPTERS = "lora_adapters.safetensors"  # A/B of every adapted layer, under our module names
-LORA_CONFIG = "lora.json"  # r, alpha, dropout, targets, scaling, base fingerprint
 SFT_CONFIG = "sft_config.json"
+# A LoRA checkpoint's adapters: peft's adapter_model.safetensors + adapter_config.json (`model.lora`),
+# the base's fingerprint in the safetensors header under this key.
+FINGERPRINT_KEY = "dmas_repro.base_fingerprint"
+# Before the peft format: A/B under our module names (`...wq.lora_A.default.weight`), and r, alpha,
+# dropout, targets, scaling and the base fingerprint in lora.json. Still resumed (`_load_legacy`).
+LEGACY_LORA_ADAPTERS = "lora_adapters.safetensors"
+LEGACY_LORA_CONFIG = "lora.json"
 
 
-def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: dict):
+def peft_base_ref(base: str, base_dir: Path, revision: str | None) -> tuple[str | None, str | None]:
+    """(base_model_name_or_path, revision) for adapter_config.json: the hub id as given, or an HF
+    directory's path; None for our own checkpoint files (apply the adapters to their `export-hf`)."""
+    from ..model.hf import is_hf_dir
+
+    if not Path(base).expanduser().exists():
+        return base, revision
+    return (str(Path(base_dir).resolve()), None) if is_hf_dir(base_dir) else (None, None)
+
+
+def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: dict,
+                  base_ref: tuple[str | None, str | None] = (None, None)):
     """A `loop.Workload` builder for `loop.run`: the base model (with LoRA adapters, or all of it
     trainable), SFT batches, the masked loss, the answer-token validation loss, and checkpoints
-    whose model files hold the merged weights (every SFT checkpoint loads as a plain model)."""
+    whose model files hold the merged weights (every SFT checkpoint loads as a plain model) and,
+    for LoRA, the adapters in peft's format for the base's HF export."""
     import torch
 
     from ..data import sft_records as sft_data
@@ -213,32 +230,27 @@ def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: di
             if spec is None:
                 checkpoint.save_model_files(WeightsView(view.cfg, sd), d)
                 return
-            from safetensors.torch import save_file
-
             merged = lora.merge_state_dict(sd, spec.scaling)
             checkpoint.save_model_files(WeightsView(view.cfg, {k: v.contiguous() for k, v in merged.items()}), d)
-            adapters = {k: v.detach().contiguous().cpu() for k, v in lora.adapter_state_dict(sd).items()}
-            save_file(adapters, str(d / LORA_ADAPTERS), metadata={"format": "pt"})
-            meta = {**asdict(spec), "targets": list(spec.targets), "scaling": spec.scaling,
-                    "base_fingerprint": fingerprint_box["base"]}
-            (d / LORA_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+            # `model` (this rank's, adapted by apply_lora) holds peft's config; `sd` the full tensors
+            lora.save_peft_adapters(model, sd, spec, view.cfg.n_layer, d, base_model=base_ref[0],
+                                    revision=base_ref[1], metadata={FINGERPRINT_KEY: fingerprint_box["base"]})
             (d / SFT_CONFIG).write_text(json.dumps(sc.to_dict(), indent=2) + "\n")
+
+        def check_base(ckpt: Path, saved: str | None) -> None:
+            if saved != fingerprint_box["base"]:
+                raise UserError(f"{ckpt}: its adapters were trained on another base model than {base_dir} "
+                                f"(fingerprint {saved} != {fingerprint_box['base']})")
 
         def load_weights(m, ckpt: Path) -> None:
             if spec is None:
                 return default_load_weights(m, ckpt)
-            from safetensors import SafetensorError
-            from safetensors.torch import load_file
-
-            try:
-                meta = json.loads((ckpt / LORA_CONFIG).read_text())
-                adapters = load_file(str(ckpt / LORA_ADAPTERS))
-            except (OSError, json.JSONDecodeError, SafetensorError) as e:
-                raise UserError(f"{ckpt}: no readable LoRA adapters ({e}); was it a method=full run?") from None
-            if meta.get("base_fingerprint") != fingerprint_box["base"]:
-                raise UserError(f"{ckpt}: its adapters were trained on another base model than {base_dir} "
-                                f"(fingerprint {meta.get('base_fingerprint')} != {fingerprint_box['base']})")
-            lora.load_adapters(m, {k: v.to(ctx.device) for k, v in adapters.items()}, str(ckpt / LORA_ADAPTERS))
+            if (ckpt / lora.ADAPTER_WEIGHTS).is_file():
+                check_base(ckpt, lora.read_peft_metadata(ckpt).get(FINGERPRINT_KEY))
+                return lora.load_peft_adapters(m, ckpt, spec, ctx.device)
+            if (ckpt / LEGACY_LORA_ADAPTERS).is_file():
+                return _load_legacy(m, ckpt, spec, check_base, ctx.device)
+            raise UserError(f"{ckpt}: no LoRA adapters ({lora.ADAPTER_WEIGHTS}); was it a method=full run?")
 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return Workload(
@@ -250,6 +262,43 @@ def make_workload(sc: SFTConfig, base_dir: Path, sets: dict, fingerprint_box: di
         )
 
     return build
+
+
+def _load_legacy(m, ckpt: Path, spec, check_base, device) -> None:
+    """Resume from a checkpoint written before the peft format (lora_adapters.safetensors + lora.json)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..model import lora
+
+    try:
+        meta = json.loads((ckpt / LEGACY_LORA_CONFIG).read_text())
+        adapters = load_file(str(ckpt / LEGACY_LORA_ADAPTERS), device=str(device))
+    except (OSError, json.JSONDecodeError, SafetensorError) as e:
+        raise UserError(f"{ckpt}: unreadable LoRA adapters of the earlier format ({e})") from None
+    check_base(ckpt, meta.get("base_fingerprint"))
+    lora.load_legacy_adapters(m, adapters, meta, spec, str(ckpt / LEGACY_LORA_ADAPTERS))
+    log.info(f"{ckpt}: adapters read from the earlier format ({LEGACY_LORA_ADAPTERS}); "
+             f"new checkpoints hold peft's {lora.ADAPTER_WEIGHTS}")
+
+
+def export_adapters(ckpt: Path, out: Path) -> Path:
+    """The final checkpoint's adapters (peft's two files) as a directory of their own, RUN/adapter/
+    (a rerun that reaches the end again replaces it; anything else there is refused)."""
+    import shutil
+
+    from ..core.files import atomic_dir
+    from ..model import lora
+
+    files = (lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG)
+
+    def own_output(p: Path) -> bool:
+        return {e.name for e in p.iterdir()} <= set(files) and all(e.is_file() for e in p.iterdir())
+
+    with atomic_dir(out, replace=own_output, hint="move it away to let the run export its adapters") as tmp:
+        for f in files:
+            shutil.copyfile(ckpt / f, tmp / f)
+    return out
 
 
 # ---------------------------------------------------------------- the stage
@@ -306,12 +355,17 @@ def run_sft(base: str, out: str | os.PathLike, preset: str = "auto", overrides: 
                  f"{st['train_truncated'] + st['val_truncated']} truncated and "
                  f"{st['train_dropped'] + st['val_dropped']} dropped at {max_len} tokens ({sc.overlong}) "
                  f"| {tcfg.total_steps} steps of {sc.batch_size} examples")
-    result = run(tcfg, out, resume=resume, build=make_workload(sc, base_dir, sets, {}))
+    base_ref = peft_base_ref(base, base_dir, revision)
+    result = run(tcfg, out, resume=resume, build=make_workload(sc, base_dir, sets, {}, base_ref))
     if result.interrupted or result.checkpoint is None or result.step < tcfg.end_step():
         return result
     if tcfg.export_hf and D.rank() == 0:
         hf_dir = export_hf(result.checkpoint, out / layout.HF)
         log.info(f"sft: merged instruct model exported to {hf_dir}")
+        if sc.method == "lora":
+            ad = export_adapters(result.checkpoint, out / layout.ADAPTER)
+            log.info("sft: LoRA adapters (peft format, for the base's HF export"
+                     + (f" {base_ref[0]}" if base_ref[0] else "") + f") exported to {ad}")
     return result
 
 

@@ -191,7 +191,7 @@ def test_merged_logits_equal_adapter_logits():
 def _adapters(ckpt):
     from safetensors.torch import load_file
 
-    return load_file(str(ckpt / sft.LORA_ADAPTERS))
+    return load_file(str(ckpt / lora.ADAPTER_WEIGHTS))
 
 
 def test_sft_resume_is_exact_and_checkpoints_load(micro_base, tmp_path):
