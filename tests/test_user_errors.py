@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MICRO = micro(val_tokens=128, ckpt_every=2, keep_last=2)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data(tiny_data) -> Path:
     return tiny_data
 
