@@ -9,6 +9,11 @@ soon as it is done; the tables are rebuilt after each checkpoint, and the second
 of each phase go to OUT/timings/<checkpoint>.json. A failure is recorded and the run goes on with
 the next unit or checkpoint; the exit status is 0 only when every unit of this run succeeded.
 SIGINT/SIGTERM stop after the current unit.
+
+Before a checkpoint is fetched its pending units are claimed in the store (`ResultStore.claim`);
+units another process holds are left to it, so processes sharing a store split the work. The
+terminal gets a `checkpoint i/N` line with an ETA (`progress`) and a line as each unit starts and
+finishes; lm-eval's, transformers' and datasets' notices go to OUT/eval.log (`_third_party_log`).
 """
 
 from __future__ import annotations

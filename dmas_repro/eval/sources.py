@@ -12,9 +12,10 @@ lm-eval benchmarks exactly as for DMaS and skips the parts that need our model.
 `Fetcher.iterate(checkpoints)` yields each checkpoint with a future of its local HF directory:
 hub repos are downloaded (weights and tokenizer only, resumable, sha256 checked against the
 Hub's metadata), our own checkpoints are exported with `model.hf.save_hf`. The next checkpoint is
-fetched in a background thread while the current one is evaluated; with `max_disk` set, what
-this run downloaded or exported is deleted once evaluated, and a prefetch waits when two
-checkpoints would not fit.
+fetched in a background thread while the current one is evaluated (when the caller's `take` agrees:
+the driver claims its units first); with `max_disk` set, what this run downloaded (evicted through
+huggingface_hub's cache API, one revision) or exported is deleted once evaluated, and a prefetch
+waits when two checkpoints would not fit.
 """
 
 from __future__ import annotations
