@@ -336,7 +336,8 @@ def _third_party_log(path: Path):
     for name in ("lm_eval", "transformers", "datasets"):
         lg = logging.getLogger(name)
         saved.append((lg, list(lg.handlers), lg.propagate, lg.level))
-        lg.handlers = (list(lg.handlers) if verbose else []) + [handler]
+        terminal = (list(lg.handlers) or [logging.StreamHandler(sys.stderr)]) if verbose else []
+        lg.handlers = terminal + [handler]
         lg.propagate = False
         if name == "lm_eval":
             lg.setLevel(logging.INFO)  # its notices; transformers and datasets keep their own level (warnings)
