@@ -45,9 +45,10 @@ ERRORS: dict[str, str] = {
         "`--max-new-tokens` below 1; a prompt longer than the context"
     ),
     "eval-all-checkpoints": (
-        "`--out` naming a file; a store made with other settings; an unknown task or part; a bad `--limit`, "
-        "`--batch-size`, `--shard` or `--max-disk`. A checkpoint or unit that fails is recorded, the others "
-        "go on, exit 1"
+        "`--out` naming a file; `--checkpoints` naming a path that does not exist (a local-looking path is named "
+        "as missing; `owner/name` neither in the cache nor on the Hub is said so), before anything is written; a "
+        "store made with other settings; an unknown task or part; a bad `--limit`, `--batch-size`, `--shard` or "
+        "`--max-disk`. A checkpoint or unit that fails is recorded, the others go on, exit 1"
     ),
     "import-reference": (
         "`--out` naming a file, or a non-empty directory that is not a reference store; an input path that does "

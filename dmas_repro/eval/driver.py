@@ -9,10 +9,16 @@ soon as it is done; the tables are rebuilt after each checkpoint, and the second
 of each phase go to OUT/timings/<checkpoint>.json. A failure is recorded and the run goes on with
 the next unit or checkpoint; the exit status is 0 only when every unit of this run succeeded.
 SIGINT/SIGTERM stop after the current unit.
+
+Before a checkpoint is fetched its pending units are claimed in the store (`ResultStore.claim`);
+units another process holds are left to it, so processes sharing a store split the work. The
+terminal gets a `checkpoint i/N` line with an ETA (`progress`) and a line as each unit starts and
+finishes; lm-eval's, transformers' and datasets' notices go to OUT/eval.log (`_third_party_log`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sys
@@ -146,6 +152,9 @@ def run(cfg: EvalConfig) -> int:
     specs = suite_tasks(cfg.suite, list(cfg.tasks) if cfg.tasks else None, cfg.limit, cfg.num_fewshot)
     max_disk = sources.parse_size(cfg.max_disk)
     ckpts = sources.shard(sources.parse(list(cfg.checkpoints)), cfg.shard)
+    fetcher = sources.Fetcher(cfg.cache_dir, out / ".exports", max_disk)
+    for ck in ckpts:
+        fetcher.check_named(ck)  # a hub id nobody can give us: one line, before anything is written
 
     parts = list(cfg.parts)
     val_dir = _val_dir(cfg, ckpts) if "val_loss" in parts else None
@@ -204,16 +213,30 @@ def run(cfg: EvalConfig) -> int:
     if bench_pending:
         tm = benchmarks.task_manager(sorted(bench_pending), list(cfg.include_paths))
 
-    fetcher = sources.Fetcher(cfg.cache_dir, out / ".exports", max_disk)
     failed = 0
     stopped = None
     from ..core.signals import StopSignal
 
     pending = {ck.label: p for ck, p in todo}
+    claims: dict[str, results.Claim] = {}
+
+    def take(ck) -> bool:
+        """Claim this checkpoint's pending units before fetching it; none left: another process has them."""
+        claims[ck.label] = store.claim(ck.label, pending[ck.label])
+        pending[ck.label] = claims[ck.label].units
+        return bool(claims[ck.label])
+
     requests = benchmarks.RequestCache(out) if bench_pending else None
+    seconds: list[float] = []  # of each checkpoint evaluated by this run: the ETA
     try:
-        with StopSignal() as stop:
-            for ck, fut in fetcher.iterate([ck for ck, _ in todo]):
+        with StopSignal() as stop, _third_party_log(out / LOG_NAME):
+            for i, (ck, fut) in enumerate(fetcher.iterate([ck for ck, _ in todo], take=take), 1):
+                if fut is None:
+                    log.info(f"{progress(i, len(todo), ck.label, [])}: skipped, another process has evaluated or "
+                             "is evaluating its units")
+                    continue
+                log.info(f"{progress(i, len(todo), ck.label, seconds)}: {', '.join(pending[ck.label])}")
+                t0 = time.perf_counter()
                 clock = _Clock(device)
                 local = None
                 try:
@@ -227,6 +250,7 @@ def run(cfg: EvalConfig) -> int:
                     failed += 1
                     if local is not None:
                         fetcher.release(local)
+                    claims.pop(ck.label).release_all()
                     store.consolidate()
                     continue
                 store.clear_failure(ck.label, "load")
@@ -237,15 +261,20 @@ def run(cfg: EvalConfig) -> int:
                 todo_specs = [s for s in specs if s.name in pending[ck.label]]
                 try:
                     failed += _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending[ck.label], todo_specs,
-                                                   val_set, probe_cfg, device, dtype, batch_size, stop, clock)
+                                                   val_set, probe_cfg, device, dtype, batch_size, stop, clock,
+                                                   claims[ck.label])
                 finally:
+                    claims.pop(ck.label).release_all()
                     fetcher.release(local)
                     clock.lap("release")
                 _write_timings(out, ck.label, meta, clock)
+                seconds.append(time.perf_counter() - t0)
                 if stop.requested:
                     stopped = stop.requested
                     break
     finally:
+        for claim in claims.values():  # prefetched, not evaluated (stopped): free for the next run at once
+            claim.release_all()
         if requests is not None:
             requests.close()
     df = store.consolidate()
@@ -258,6 +287,89 @@ def run(cfg: EvalConfig) -> int:
         log.warning(f"stopped by {stopped}; rerun the same command to continue")
         return 1
     return 1 if failed else 0
+
+
+LOG_NAME = "eval.log"  # in the store: this run's progress and what lm-eval, transformers and datasets said
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress(i: int, n: int, label: str, seconds: list[float], now: float | None = None) -> str:
+    """'checkpoint i/N LABEL', and once a checkpoint has finished in this run, the time left for this one
+    and the rest (their mean time each) with the clock time it ends at."""
+    text = f"checkpoint {i}/{n} {label}"
+    if seconds:
+        each = sum(seconds) / len(seconds)
+        left = each * (n - i + 1)
+        end = time.strftime("%H:%M", time.localtime((time.time() if now is None else now) + left))
+        text += f" (ETA {end}, {_duration(left)} left at {_duration(each)} per checkpoint)"
+    return text
+
+
+def _headline(task: str, rows: list[dict]) -> str:
+    from .suites import headline_metric
+
+    values = {r["metric"]: r["value"] for r in rows if r.get("task") == task}
+    m = headline_metric(task, list(values))
+    return f" ({m} {values[m]:.4f})" if m is not None and isinstance(values.get(m), float) else ""
+
+
+@contextlib.contextmanager
+def _third_party_log(path: Path):
+    """lm-eval's per-call notices (its "lm_eval" logger), transformers' and datasets' warnings go to `path`
+    instead of the terminal (also there with -v), beside this run's own progress lines; lm-eval's
+    `git describe` for its results' git_hash runs with its stderr captured."""
+    from lm_eval import evaluator
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s pid %(process)d %(name)s %(levelname)s: %(message)s"))
+    ours = logging.getLogger("dmas_repro")
+    verbose = ours.isEnabledFor(logging.DEBUG)
+    saved = []
+    for name in ("lm_eval", "transformers", "datasets"):
+        lg = logging.getLogger(name)
+        saved.append((lg, list(lg.handlers), lg.propagate, lg.level))
+        terminal = (list(lg.handlers) or [logging.StreamHandler(sys.stderr)]) if verbose else []
+        lg.handlers = terminal + [handler]
+        lg.propagate = False
+        if name == "lm_eval":
+            lg.setLevel(logging.INFO)  # its notices; transformers and datasets keep their own level (warnings)
+    ours.addHandler(handler)
+    git_hash = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = _quiet_git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = git_hash
+        ours.removeHandler(handler)
+        for lg, handlers, propagate, level in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+            lg.setLevel(level)
+        handler.close()
+
+
+def _quiet_git_hash() -> str | None:
+    """lm-eval's `get_git_commit_hash` (`git describe --always` in the working directory, else the hash read
+    from .git) without git's "fatal: not a git repository" on the terminal outside a checkout."""
+    import os
+    import subprocess
+
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        r = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except OSError:
+        r = None
+    if r is not None and r.returncode == 0:
+        return r.stdout.strip()
+    return get_commit_from_path(os.getcwd())
 
 
 def _say_val_corpus(val_dir: Path, val_set) -> None:
@@ -324,7 +436,7 @@ def _write_timings(out: Path, label: str, meta: dict, clock: _Clock) -> None:
 
 
 def _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending, specs, val_set, probe_cfg, device, dtype,
-                         batch_size, stop, clock) -> int:
+                         batch_size, stop, clock, claim) -> int:
     """Load the checkpoint once (in the run's dtype, on the run's device) and run every pending unit on
     that one model: the benchmarks through lm-eval (`harness.load_lm` shares its parameters), then
     validation loss and probes. Another suite's model (not `own_model`: benchmarks only) is loaded by
@@ -352,21 +464,27 @@ def _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending, specs, 
     try:
         if specs:
             failed += _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dtype, batch_size,
-                                  stop, clock)
+                                  stop, clock, claim)
         for unit in own:
             if stop.requested:
                 break
-            log.info(f"{label}: {unit}")
+            if unit == "val_loss":
+                log.info(f"{label}: val_loss started (up to {len(val_set.tokens) - 1:,} tokens of {val_set.corpus})")
+            else:
+                log.info(f"{label}: probes started (prompt set {probe_cfg.prompt_set}, greedy and seeds "
+                         f"{', '.join(map(str, probe_cfg.seeds))}, {probe_cfg.max_new_tokens} new tokens)")
             try:
                 if unit == "val_loss":
-                    _val_loss(cfg, store, model, meta, val_set, device)
+                    said = _val_loss(cfg, store, model, meta, val_set, device)
                 else:
-                    _probes(store, model, meta, probe_cfg, device)
+                    said = _probes(store, model, meta, probe_cfg, device)
+                log.info(f"{label}: {unit} finished in {_duration(clock.lap(unit))} ({said})")
             except Exception as e:  # noqa: BLE001
+                clock.lap(unit)
                 _report(label, unit, e)
                 store.record_failure(label, unit, _error_text(e))
                 failed += 1
-            clock.lap(unit)
+            claim.release(unit)
         store.consolidate()
         clock.lap("consolidate")
     finally:
@@ -375,7 +493,8 @@ def _evaluate_checkpoint(cfg, store, tm, requests, local, meta, pending, specs, 
     return failed
 
 
-def _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dtype, batch_size, stop, clock) -> int:
+def _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dtype, batch_size, stop, clock,
+                claim) -> int:
     from . import harness as benchmarks
 
     label = meta["checkpoint"]
@@ -392,7 +511,7 @@ def _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dty
         for s in specs:
             if stop.requested:
                 break
-            log.info(f"{label}: {s.name} (few-shot {s.num_fewshot}, limit {s.limit})")
+            log.info(f"{label}: {s.name} started (few-shot {s.num_fewshot}, limit {s.limit})")
             part = f"benchmarks/{s.name}"
             try:
                 res = benchmarks.evaluate_task(lm, s, tm, items=cfg.items, requests=requests)
@@ -404,11 +523,13 @@ def _benchmarks(cfg, store, tm, requests, model, local, meta, specs, device, dty
                                   "kind": meta["kind"], **x}
                                  for x in recs] for t, recs in res.items.items()}
                 store.write_unit(label, s.name, rows, items=items, part=part)
+                log.info(f"{label}: {s.name} finished in {_duration(clock.lap(s.name))}{_headline(s.name, rows)}")
             except Exception as e:  # noqa: BLE001
+                clock.lap(s.name)
                 _report(label, part, e)
                 store.record_failure(label, part, _error_text(e))
                 failed += 1
-            clock.lap(s.name)
+            claim.release(s.name)
     finally:
         del lm
     return failed
@@ -426,6 +547,7 @@ def _val_loss(cfg, store, model, meta, val_set, device) -> None:
     if r["bpb"] is not None:
         rows.append({**base, "metric": "bpb", "value": r["bpb"]})
     store.write_unit(meta["checkpoint"], "val_loss", rows)
+    return f"loss {r['loss']:.4f} on {r['n_tokens']:,} tokens"
 
 
 def _probes(store, model, meta, probe_cfg, device) -> None:
@@ -435,6 +557,7 @@ def _probes(store, model, meta, probe_cfg, device) -> None:
     probes = [{"checkpoint": meta["checkpoint"], "step": meta["step"], "tokens": meta["tokens"], "kind": meta["kind"],
                "model_sha": meta["model_sha"], **r} for r in rows]
     store.write_unit(meta["checkpoint"], "probes", [], probes=probes)
+    return f"{len(probes)} outputs"
 
 
 def _free_memory() -> None:

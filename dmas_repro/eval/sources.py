@@ -12,9 +12,10 @@ lm-eval benchmarks exactly as for DMaS and skips the parts that need our model.
 `Fetcher.iterate(checkpoints)` yields each checkpoint with a future of its local HF directory:
 hub repos are downloaded (weights and tokenizer only, resumable, sha256 checked against the
 Hub's metadata), our own checkpoints are exported with `model.hf.save_hf`. The next checkpoint is
-fetched in a background thread while the current one is evaluated; with `max_disk` set, what
-this run downloaded or exported is deleted once evaluated, and a prefetch waits when two
-checkpoints would not fit.
+fetched in a background thread while the current one is evaluated (when the caller's `take` agrees:
+the driver claims its units first); with `max_disk` set, what this run downloaded (evicted through
+huggingface_hub's cache API, one revision) or exported is deleted once evaluated, and a prefetch
+waits when two checkpoints would not fit.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ class Checkpoint:
     path: Path | None = None  # set for local checkpoints
     export: bool = False  # a dmas-repro checkpoint directory: exported to HF format on the fly
     own_model: bool = True  # our architecture and GPT-2 tokenizer; False (a reference model): benchmarks only
+    named: bool = False  # a hub id the user typed that no registry knows: checked before the run (`check_named`)
 
 
 @dataclass
@@ -139,6 +141,11 @@ def parse_one(spec: str, registry: list[Checkpoint] | None = None) -> list[Check
             return found
         raise UserError(f"{p}: neither a Hugging Face model directory, a dmas-repro checkpoint, nor a run directory")
     repo_id, _, revision = spec.partition("@")
+    if layout.names_local_path(repo_id):  # runs/tiny when runs/ exists, ./x, /x, a/b/c: a path, not a hub id
+        if "/" in spec or spec.startswith((".", "~")):
+            raise UserError(f"--checkpoints {spec}: no such directory (relative to {Path.cwd()})")
+        raise UserError(f"--checkpoints {spec!r}: no such directory, not a registry label (released, step-5.1k, "
+                        "...) or reference family, and not a hub id (owner/name)")
     if hub.looks_like_repo_id(repo_id):
         if repo_id in by_repo:
             c = by_repo[repo_id]
@@ -156,8 +163,8 @@ def parse_one(spec: str, registry: list[Checkpoint] | None = None) -> list[Check
                                tokens=None if step is None else step * known[0]["tokens_per_step"], source=spec,
                                repo_id=repo_id, revision=revision or None, own_model=False)]
         return [Checkpoint(label=safe_label(repo_id.replace("/", "--")), kind=layout.kind_of(repo_id), step=None,
-                           tokens=None, source=spec, repo_id=repo_id, revision=revision or None)]
-    raise UserError(f"--checkpoints {spec!r}: no such directory, not a hub id (owner/name) and not 'released'")
+                           tokens=None, source=spec, repo_id=repo_id, revision=revision or None, named=True)]
+    raise UserError(f"--checkpoints {spec!r}: no such directory and not a hub id (owner/name)")
 
 
 def parse(specs: list[str]) -> list[Checkpoint]:
@@ -330,6 +337,24 @@ def repo_cache_dir(repo_id: str, cache_dir: Path | None) -> Path:
     return _hub_cache_root(cache_dir) / ("models--" + repo_id.replace("/", "--"))
 
 
+def evict(repo_id: str, commit: str, cache_dir: Path | None) -> None:
+    """Delete one downloaded revision from the Hugging Face cache (`scan_cache_dir(...).delete_revisions`:
+    its snapshot, refs pointing at it, blobs no other revision uses; the repo folder when it was the last)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound, CorruptedCacheException
+
+    try:
+        info = scan_cache_dir(_hub_cache_root(cache_dir))
+    except (CacheNotFound, CorruptedCacheException) as e:
+        log.warning(f"{repo_id}: not evicted from the cache ({e})")
+        return
+    if not any(r.repo_id == repo_id and r.repo_type == "model" and commit in {v.commit_hash for v in r.revisions}
+               for r in info.repos):
+        log.warning(f"{repo_id}@{commit}: not in the cache any more; nothing to evict")
+        return
+    info.delete_revisions(commit).execute()
+
+
 # ---------------------------------------------------------------- fetching
 class Fetcher:
     """Materialises checkpoints as local HF directories (download or export), prefetching the next.
@@ -394,12 +419,14 @@ class Fetcher:
     def _download(self, ck: Checkpoint) -> Local:
         meta = self._hub_meta(ck)
         repo_dir = repo_cache_dir(ck.repo_id, self.cache_dir)
-        was_cached = repo_dir.exists()
+        revision = meta.commit if (meta is not None and meta.commit) else ck.revision
+        # this revision was there before the run (then it is not this run's to evict)
+        was_cached = (repo_dir / "snapshots" / revision).is_dir() if meta is not None and meta.commit \
+            else repo_dir.exists()
         if meta is not None:
             self._check_budget(ck, 0 if was_cached else meta.total, _hub_cache_root(self.cache_dir))
         else:
             log.info(f"{ck.label}: the Hub cannot be reached; using the local cache (hashes not checked)")
-        revision = meta.commit if (meta is not None and meta.commit) else ck.revision
         if meta is not None:
             log.info(f"{ck.label}: {'checking' if was_cached else 'downloading'} {ck.repo_id}"
                      + (f"@{revision}" if revision else ""))
@@ -434,15 +461,37 @@ class Fetcher:
         return Local(ck, out, model_sha(weight_shas(out)), owned=True, size=dir_size_bytes(out),
                      verified=False)
 
+    def check_named(self, ck: Checkpoint) -> None:
+        """A hub id the user typed (`Checkpoint.named`), before anything is written: it must be in the local
+        cache or exist on the Hub; else one error that says it is neither a local directory nor a hub id
+        that can be had (as `chat` and `export-hf` say, `train.layout.model_dir_of`)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        if not ck.named:
+            return
+        if isinstance(try_to_load_from_cache(ck.repo_id, "config.json", cache_dir=self.cache_dir,
+                                             revision=ck.revision), str):
+            return
+        where = f"no such local directory (relative to {Path.cwd()}), and as a Hugging Face hub id"
+        try:
+            meta = self._hub_meta(ck)
+        except UserError as e:
+            raise UserError(f"--checkpoints {ck.source}: {where}: {str(e).removeprefix(f'{ck.repo_id}: ')}") from None
+        if meta is None:
+            raise UserError(f"--checkpoints {ck.source}: {where}: not in the local cache and the Hub cannot be "
+                            "reached (offline, or HF_HUB_OFFLINE=1)")
+
     def release(self, local: Local) -> None:
-        """After evaluation: delete exports always, downloads of this run when --max-disk is set."""
+        """After evaluation: delete exports always, downloads of this run when --max-disk is set (through
+        huggingface_hub's cache API: the revision's snapshot, and the blobs no other revision uses)."""
         if not local.owned:
             return
         if local.ckpt.export:
             shutil.rmtree(local.path, ignore_errors=True)
         elif self.max_disk is not None and local.ckpt.repo_id:
-            log.info(f"{local.ckpt.label}: evicting {local.ckpt.repo_id} from the cache (--max-disk)")
-            shutil.rmtree(repo_cache_dir(local.ckpt.repo_id, self.cache_dir), ignore_errors=True)
+            log.info(f"{local.ckpt.label}: evicting {local.ckpt.repo_id}@{local.path.name} from the cache "
+                     "(--max-disk)")
+            evict(local.ckpt.repo_id, local.path.name, self.cache_dir)
 
     # a sequence with prefetch ------------------------------------------
     def _fits_both(self, current: Checkpoint, nxt: Checkpoint) -> bool:
@@ -453,19 +502,35 @@ class Fetcher:
         except (UserError, OSError):
             return False
 
-    def iterate(self, ckpts: list[Checkpoint]) -> Iterator[tuple[Checkpoint, Future]]:
+    def iterate(self, ckpts: list[Checkpoint], take: Callable[[Checkpoint], bool] | None = None
+                ) -> Iterator[tuple[Checkpoint, Future | None]]:
         """Yield (checkpoint, future of its Local); the next one is fetched while the caller
-        evaluates this one. The caller must call `release` on each Local it got."""
+        evaluates this one. The caller must call `release` on each Local it got.
+
+        `take(checkpoint)` is asked (in the caller's thread) just before a checkpoint's fetch starts; one it
+        refuses (another process evaluates it) is not fetched and comes with None instead of a future."""
         if not ckpts:
             return
+        take = take or (lambda ck: True)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
-        nxt: Future | None = pool.submit(self.fetch, ckpts[0])
+        taken: dict[int, bool] = {}
+
+        def start(i: int) -> Future | None:
+            if i not in taken:
+                taken[i] = take(ckpts[i])
+            return pool.submit(self.fetch, ckpts[i]) if taken[i] else None
+
+        nxt: Future | None = start(0)
         try:
             for i, ck in enumerate(ckpts):
-                fut = nxt if nxt is not None else pool.submit(self.fetch, ck)
+                if taken.get(i) is False:
+                    fut = None
+                else:
+                    fut = nxt if nxt is not None else start(i)
                 nxt = None
-                if i + 1 < len(ckpts) and self._fits_both(ck, ckpts[i + 1]):
-                    nxt = pool.submit(self.fetch, ckpts[i + 1])
+                # prefetch the next one; when this one is not evaluated here, the next one starts now
+                if i + 1 < len(ckpts) and (fut is None or self._fits_both(ck, ckpts[i + 1])):
+                    nxt = start(i + 1)
                 yield ck, fut
         finally:
             if nxt is not None:  # stopped early: clean up a prefetch nobody will evaluate

@@ -6,6 +6,7 @@ OUT/units/<checkpoint>/<unit>.json  one finished (checkpoint, unit): unit = a be
                                   "val_loss" or "probes"; holds its metric rows (and probe rows).
                                   Written atomically, last: its existence means "done".
 OUT/units/<checkpoint>/<part>.failed.json   the last failure of a unit not done yet
+OUT/units/<checkpoint>/<unit>.claim  a lock file (`filelock`): held by the process evaluating the unit
 OUT/items/<checkpoint>/<task>.jsonl  one record per benchmark item (written before the unit)
 OUT/results.csv, results.parquet  long form: every unit's rows, one row per
                                   (checkpoint, task, metric); rebuilt after each unit
@@ -13,19 +14,23 @@ OUT/probes.jsonl, failures.jsonl  the same for probe outputs and open failures
 ```
 
 Because the unit files are the only source of truth and each is keyed by its path, a rerun
-skips finished units and can never duplicate a row; several processes (`--shard i/N`) may
-write into one store: the tables are rebuilt under a file lock.
+skips finished units and can never duplicate a row. Several processes may write into one store
+(`--shard i/N`, or the same command started twice): a process claims a unit (`claim`: an exclusive
+`filelock` on its claim file, held until the unit is stored) before it evaluates it, so a second
+process takes other work; a lock dies with its process (kill -9 included), so a dead run's claims
+are taken over by the next run. The settings and the tables are written under a lock on OUT/.lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import time
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from ..core.errors import UserError
 from ..core.files import atomic_write_text
@@ -39,6 +44,7 @@ KEY = ["checkpoint", "task", "metric"]
 INT_COLUMNS = ["step", "tokens", "n", "num_fewshot"]
 FLOAT_COLUMNS = ["value", "stderr", "limit", "finished_at"]
 PROBE_FIELDS = ["checkpoint", "step", "tokens", "kind"]
+
 
 
 def _json_default(o):
@@ -91,6 +97,30 @@ class ResultStore:
     # ---------------------------------------------------------------- units
     def unit_path(self, checkpoint: str, unit: str) -> Path:
         return self.units / checkpoint / f"{unit}.json"
+
+    def claim_path(self, checkpoint: str, unit: str) -> Path:
+        return self.units / checkpoint / f"{unit.replace('/', '__')}.claim"
+
+    def claim(self, checkpoint: str, units: list[str]) -> Claim:
+        """Claim what is left of `units` of one checkpoint for this process: each unit not done whose claim
+        file no other process holds. The claim of a unit is released by `Claim.release(unit)` (after it is
+        stored or has failed) or when the process ends, however it ends."""
+        held: dict[str, FileLock] = {}
+        for unit in units:
+            if self.done(checkpoint, unit):
+                continue
+            path = self.claim_path(checkpoint, unit)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(path, thread_local=False)
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                continue  # another process evaluates it
+            if self.done(checkpoint, unit):  # stored by another process between the first check and the lock
+                lock.release()
+                continue
+            held[unit] = lock
+        return Claim(self, checkpoint, held)
 
     def failure_path(self, checkpoint: str, part: str) -> Path:
         return self.units / checkpoint / f"{part.replace('/', '__')}.failed.json"
@@ -146,12 +176,8 @@ class ResultStore:
     @contextlib.contextmanager
     def _lock(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with FileLock(self.out / ".lock", thread_local=False):
+            yield
 
     def table(self):
         """All metric rows as a DataFrame (one row per checkpoint, task, metric)."""
@@ -186,6 +212,34 @@ class ResultStore:
             atomic_write_text(self.out / "probes.jsonl", "".join(dumps(p) + "\n" for p in probes))
             atomic_write_text(self.out / "failures.jsonl", "".join(dumps(f) + "\n" for f in self.failures()))
         return df
+
+
+class Claim:
+    """The units of one checkpoint this process holds (see `ResultStore.claim`)."""
+
+    def __init__(self, store: ResultStore, checkpoint: str, held: dict[str, FileLock]):
+        self.store, self.checkpoint, self._held = store, checkpoint, held
+
+    @property
+    def units(self) -> list[str]:
+        return list(self._held)
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def release(self, unit: str) -> None:
+        """Let go of one unit; the claim file of a stored unit is removed (a process that opened it
+        meanwhile finds the unit done once it holds the lock)."""
+        lock = self._held.pop(unit, None)
+        if lock is None:
+            return
+        lock.release()
+        if self.store.done(self.checkpoint, unit):
+            self.store.claim_path(self.checkpoint, unit).unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        for unit in list(self._held):
+            self.release(unit)
 
 
 def summary(df) -> str:

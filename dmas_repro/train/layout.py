@@ -167,7 +167,7 @@ def label_of(model_dir: str | os.PathLike) -> tuple[str, str]:
     return name, kind
 
 
-def _names_local_path(source: str) -> bool:
+def names_local_path(source: str) -> bool:
     """A string that can only mean a local path: absolute, ./ ../ ~, more than owner/name, or
     under a directory that exists here (runs/tiny when runs/ exists)."""
     from ..model.hub import looks_like_repo_id
@@ -187,7 +187,7 @@ def model_dir_of(source: str, prefer_sft: bool = False, revision: str | None = N
 
     p = Path(source).expanduser()
     if not p.exists():
-        if _names_local_path(source):
+        if names_local_path(source):
             raise UserError(f"{source}: no such directory (relative to {Path.cwd()})")
         try:
             return hub.resolve(source, revision=revision, cache_dir=cache_dir)

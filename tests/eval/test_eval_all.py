@@ -297,6 +297,18 @@ def test_download_logic_against_a_stand_in_hub(world, tmp_path, monkeypatch):
     assert got[0].model_sha == sha0 == got[2].model_sha != got[1].model_sha
     assert not any(cache.glob("models--*"))  # evicted after evaluation under --max-disk
 
+    # eviction goes through huggingface_hub's cache API: only this run's revision goes; another revision of the
+    # repo, cached before the run and sharing the weights' blob, stays whole
+    fake_snapshot_download("org/a", revision="0ld", cache_dir=cache, allow_patterns=hub.MODEL_FILES)
+    fetcher = sources.Fetcher(cache, tmp_path / "exports", max_disk=2 * one + 1000)
+    local = fetcher.fetch(ckpts[0])
+    assert local.owned and local.path.name == "c0ffeea"
+    fetcher.release(local)
+    assert not local.path.exists() and [p.name for p in (cache / "models--org--a" / "snapshots").iterdir()] == ["0ld"]
+    kept = cache / "models--org--a" / "snapshots" / "0ld" / "model.safetensors"
+    assert kept.resolve().is_file() and kept.read_bytes() == (world.m0 / "model.safetensors").read_bytes()
+    shutil.rmtree(cache / "models--org--a")
+
     # room for one: each download waits for the previous release
     calls.clear()
     consume(sources.Fetcher(cache, tmp_path / "exports", max_disk=one + 1000))
