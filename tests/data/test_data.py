@@ -209,6 +209,7 @@ def test_fineweb_edu_streaming_resumes_with_dataset_state(tmp_path, monkeypatch)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(prep, "_save_progress", crash)
+    monkeypatch.setattr(prep, "PROGRESS_EVERY_S", 0.0)  # a resume point after every new shard
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(cfg, tmp_path / "run", progress=False)
     progress = json.loads((tmp_path / "run" / shards.PROGRESS).read_text())

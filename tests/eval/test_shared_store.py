@@ -67,7 +67,8 @@ def test_two_processes_on_one_store_split_the_units(models, tmp_path):
     started = [_started(err) for err in errs]
     every = {(f"m{i}", u) for i in range(3) for u in ("hellaswag_dev", "probes")}
     assert sorted(started[0] + started[1]) == sorted(every), started
-    assert all(started), f"one process did all the work: {started}"  # the second took other checkpoints
+    # (whether the second process found work left depends on when it started: the claim itself is tested
+    # deterministically below, with a claim held by another process)
     df = pd.read_csv(out / "results.csv")
     assert not df.duplicated(KEY).any()
     assert set(df.checkpoint) == {"m0", "m1", "m2"} and (df.task == "hellaswag_dev").all()
