@@ -64,27 +64,21 @@ def register(sub, common) -> None:
     p = sub.add_parser("bench", parents=[common], epilog=epilog("bench"),
                        help="speed benchmarks: training steps vs transformers, evaluation time")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    t = bsub.add_parser("train", parents=[common],
-                        help="tokens/s, MFU, memory of training steps: ours (eager, compiled) vs HF")
-    add_arguments(t, TrainBenchConfig)
-    t.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
-    t.set_defaults(func=_cmd_train)
-    e = bsub.add_parser("eval", parents=[common],
-                        help="seconds per checkpoint: validation loss and lm-eval throughput by batch size")
-    add_arguments(e, EvalBenchConfig)
-    e.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
-    e.set_defaults(func=_cmd_eval)
-    rel = bsub.add_parser("release", parents=[common],
-                          help="import-hf, export-hf, eval-all-checkpoints, chat on a random release-shaped "
-                               "checkpoint: seconds and peak memory against the weights' bytes")
-    add_arguments(rel, ReleaseBenchConfig)
-    rel.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
-    rel.set_defaults(func=_cmd_release)
-    pr = bsub.add_parser("prepare", parents=[common],
-                         help="prepare-data tokens/s on a large local file against tiktoken alone x processes")
-    add_arguments(pr, PrepareBenchConfig)
-    pr.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
-    pr.set_defaults(func=_cmd_prepare)
+    for name, config, func, what in (
+        ("train", TrainBenchConfig, _cmd_train,
+         "tokens/s, MFU, memory of training steps: ours (eager, compiled) vs HF"),
+        ("eval", EvalBenchConfig, _cmd_eval,
+         "seconds per checkpoint: validation loss and lm-eval throughput by batch size"),
+        ("release", ReleaseBenchConfig, _cmd_release,
+         "import-hf, export-hf, eval-all-checkpoints, chat on a random release-shaped checkpoint: seconds and "
+         "peak memory against the weights' bytes"),
+        ("prepare", PrepareBenchConfig, _cmd_prepare,
+         "prepare-data tokens/s on a large local file against tiktoken alone x processes"),
+    ):
+        one = bsub.add_parser(name, parents=[common], help=what)
+        add_arguments(one, config)
+        one.add_argument("--json", default=None, metavar="PATH", help="write the full result as JSON")
+        one.set_defaults(func=func)
     r = bsub.add_parser("report", parents=[common],
                         help="print a BENCHMARKS.md section (markdown) for result JSON files")
     r.add_argument("json_files", nargs="+", metavar="JSON")
