@@ -64,7 +64,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_export_hf(args) -> int:
-    from ..core.files import check_new_dir
+    from ..core.files import DiskFull, check_new_dir
     from ..core.runtime import parse_dtype
     from ..model import hf
     from ..model.weights import MODEL_CONFIG, export_hf
@@ -76,6 +76,8 @@ def _cmd_export_hf(args) -> int:
     if (Path(src) / MODEL_CONFIG).is_file():  # our files: converted tensor by tensor, no model in memory
         try:
             out = export_hf(src, args.out, dtype=dtype, overwrite=args.overwrite)
+        except DiskFull:
+            raise  # says itself what was kept
         except UserError as e:
             raise UserError(f"{args.checkpoint}: not usable as a DMaS-LLaMa-Lite model: {e}") from None
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import UserError
-from ..core.files import atomic_dir, check_new_dir
+from ..core.files import atomic_dir
 from .safetensors_io import SafetensorsReader, write_safetensors
 from .tokenizer import ENCODER_JSON, EOT, VOCAB_BPE, hf_tokenizer
 from .transformer import GPT2_VOCAB, ModelConfig, Transformer
@@ -345,7 +345,6 @@ def write_hf_dir(cfg: ModelConfig, shapes: dict, out_dtype: torch.dtype, tensor,
     from huggingface_hub import split_torch_state_dict_into_shards
 
     out_dir = Path(out_dir)
-    check_new_dir(out_dir, **export_target(overwrite))  # before any work
     sizing = {k: torch.empty(s, dtype=out_dtype, device="meta") for k, s in shapes.items()}
     split = split_torch_state_dict_into_shards(sizing, filename_pattern="model{suffix}.safetensors",
                                                max_shard_size=max_shard_bytes)
