@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -48,3 +49,22 @@ def write_json(path: str | None, obj: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def scratch_dir(given: str | None, prefix: str):
+    """The benchmark's working directory: `given` (created if needed, kept: what was built there is reused),
+    or a new temporary one removed at the end, however the benchmark ends."""
+    import shutil
+    import tempfile
+
+    if given is not None:
+        work = Path(given)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
+        return
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,17 +87,14 @@ def _tiktoken_alone(docs: list[str]) -> dict:
 
 def run_prepare_bench(pc: PrepareBenchConfig) -> dict:
     from ..data.prepare import LocalFiles
-    from .common import command_line
+    from .common import command_line, scratch_dir
     from .release import measure
 
     if pc.num_proc < 1:
         raise UserError("--num-proc must be >= 1")
-    own_work = pc.work is None
-    work = Path(tempfile.mkdtemp(prefix="dmas-bench-prepare-")) if own_work else Path(pc.work)
-    work.mkdir(parents=True, exist_ok=True)
     res: dict = {"benchmark": "prepare", "command": command_line(), "config": asdict(pc),
                  "machine": runtime.machine_info("cpu")}
-    try:
+    with scratch_dir(pc.work, "dmas-bench-prepare-") as work:
         if pc.source:
             src = Path(pc.source)
             if not src.is_file() or src.suffix not in (".txt", ".jsonl"):
@@ -149,9 +145,6 @@ def run_prepare_bench(pc: PrepareBenchConfig) -> dict:
                    tiktoken_tokens_per_s=alone, ratio=prep["tokens_per_s"] / (pc.num_proc * alone),
                    cpu_ratio=(prep["tokens_per_cpu_s"] / alone_cpu) if prep["tokens_per_cpu_s"] else None)
         shutil.rmtree(out, ignore_errors=True)
-    finally:
-        if own_work:
-            shutil.rmtree(work, ignore_errors=True)
     res["machine"]["load_avg_1m_end"] = runtime.load_average()
     return res
 

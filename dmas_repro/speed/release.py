@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -252,15 +251,12 @@ def run_release_bench(bc: ReleaseBenchConfig) -> dict:
         n_params = Transformer(cfg).num_params()
     work_dtype = "bfloat16" if gpu else "float32"
     weights = {"float32": n_params * 4, "bfloat16": n_params * 2}
-    own_work = bc.work is None
-    work = Path(tempfile.mkdtemp(prefix="dmas-bench-release-")) if own_work else Path(bc.work)
-    work.mkdir(parents=True, exist_ok=True)
-    from .common import command_line
+    from .common import command_line, scratch_dir
 
     res: dict = {"benchmark": "release", "command": command_line(), "config": asdict(bc),
                  "model_config": cfg.to_dict(), "params": n_params, "device": device, "working_dtype": work_dtype,
                  "weights_bytes": weights, "machine": runtime.machine_info(device), "commands": {}}
-    try:
+    with scratch_dir(bc.work, "dmas-bench-release-") as work:
         src = work / "release"
         if not (src / "config.json").is_file():
             log.info(f"building a random {n_params / 1e9:.2f}B-parameter checkpoint in {src}")
@@ -318,9 +314,6 @@ def run_release_bench(bc: ReleaseBenchConfig) -> dict:
             if name == "export-hf":
                 shutil.rmtree(work / "exported", ignore_errors=True)
         shutil.rmtree(work / "imported", ignore_errors=True)
-    finally:
-        if own_work:
-            shutil.rmtree(work, ignore_errors=True)
     res["machine"]["load_avg_1m_end"] = runtime.load_average()
     return res
 
